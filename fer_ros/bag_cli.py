@@ -1,0 +1,570 @@
+"""`fer-ros bag`: make, record, label, replay and evaluate rosbag2 bags (see docs/bags.md).
+
+    fer-ros bag from-video session.mp4 --labels session.csv -o session_bag
+    fer-ros bag from-dataset ../shared/data/fer2013.npz --split PublicTest -o fer_test_bag
+    fer-ros bag record -o live_bag                      # camera, expressions, therapy topics
+    fer-ros bag label live_bag --labels live.csv -o live_labelled
+    fer-ros bag replay session_bag -o session_out [--rate 1.0 | --fast] [-p detector:=whole]
+    fer-ros bag evaluate session_out --report session_eval
+    fer-ros bag info session_out
+
+The ROS-free parts live in fer_ros.bags and fer_ros.evaluation; this module adds the
+rclpy side (record, replay) and the command line. `replay`, `record`, `make_*` and
+`evaluate_bag` are usable from Python too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fer_ros import bags
+from fer_ros.bags import BagError
+
+#: What `record` takes when no topics are named: everything the fer_ros nodes publish or
+#: read except the annotated image (large; add it with --topics when wanted).
+DEFAULT_RECORD_TOPICS = (
+    bags.IMAGE_TOPIC, bags.EXPRESSIONS_TOPIC, "/diagnostics", "/therapy/state", "/therapy/alert",
+    "/therapy/answer", "/robot/expression", "/robot/say", bags.GROUND_TRUTH_TOPIC,
+)
+
+
+# ------------------------------------------------------------------ ROS helpers
+
+
+def _ros_message_class(msgtype: str):
+    """'pkg/msg/Name' -> the generated rclpy class (no rosidl_runtime_py needed)."""
+    pkg, _, name = msgtype.replace("/msg/", "/").partition("/")
+    try:
+        return getattr(importlib.import_module(f"{pkg}.msg"), name)
+    except (ImportError, AttributeError):
+        raise BagError(f"message type {msgtype} is not installed in this Python environment") from None
+
+
+class _Ros:
+    """rclpy.init once for the command (and shutdown only if we did it)."""
+
+    def __enter__(self):
+        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # images > 64 kB across processes
+        import rclpy
+
+        self.owned = not rclpy.ok()
+        if self.owned:
+            rclpy.init()
+        return self
+
+    def __exit__(self, *exc):
+        import rclpy
+
+        if self.owned and rclpy.ok():
+            rclpy.shutdown()
+        return False
+
+
+def _parse_value(text: str):
+    """`-p name:=value` values the way `ros2 run --ros-args -p` reads them (YAML scalars)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_params(items, params_file=None, node_name: str = "expression_node") -> dict:
+    """Parameter overrides from a ROS 2 params YAML (its `node_name` or `/**` section) and `name:=value`."""
+    import yaml
+
+    out: dict = {}
+    if params_file:
+        try:
+            doc = yaml.safe_load(Path(params_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise BagError(f"cannot read parameters file {params_file}: {exc}") from None
+        for key in ("/**", node_name, f"/{node_name}"):
+            section = (doc.get(key) or {}).get("ros__parameters") or {}
+            out.update(_flatten(section))
+    for item in items or ():
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise BagError(f"parameter {item!r} must look like name:=value")
+        out[name.strip()] = _parse_value(value)
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def make_expression_node(params: dict):
+    """The expression node in this process with parameter overrides (the same class `ros2 run` starts)."""
+    from rclpy.parameter import Parameter
+
+    from fer_ros.expression_node import ExpressionNode
+
+    return ExpressionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def process_sync(node, image_msg):
+    """Run one sensor_msgs/Image through the node now and return its FaceExpressionArray."""
+    return node.process_image(image_msg)
+
+
+# ------------------------------------------------------------------------ replay
+
+
+def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = None, external: bool = False,
+           image_topic: str = bags.IMAGE_TOPIC, keep_images: bool = False, extra_topics=(),
+           storage: str | None = None, overwrite: bool = False, max_frames: int | None = None,
+           log=print) -> dict:
+    """Play a bag's images through the expression node and write its outputs to a new bag.
+
+    rate=None: as fast as the node keeps up (the node is driven in-process, one frame at a
+    time, nothing dropped). rate=r: real publish/subscribe at r times the recorded speed; the
+    node drops frames it cannot keep up with, like on the robot. external=True publishes to a
+    node already running (e.g. on the robot) instead of starting one here.
+
+    Every published frame gets a fresh header stamp (publish time), so receipt - stamp is the
+    end-to-end latency; ground-truth labels are moved to the new stamps. The output bag holds
+    /faces/expressions (log time = receipt), /ground_truth/expression, /replay/frames and,
+    with keep_images, the restamped images. Returns a summary dict.
+    """
+    if rate is not None and rate <= 0:
+        raise BagError(f"rate must be > 0 (or use fast mode), got {rate}")
+    if external and rate is None:
+        raise BagError("an external node can only be replayed to in real time (give a --rate)")
+    params = dict(params or {})
+    with bags.BagReader(bag_path) as src:
+        src.require(image_topic, bags.IMAGE_TYPE)
+        has_gt = bags.GROUND_TRUTH_TOPIC in src.topics
+        n_images = src.counts.get(image_topic, 0)
+        if n_images == 0:
+            raise BagError(f"{bag_path}: {image_topic} has no messages")
+        frames = []  # (log_time, raw image bytes); labels keyed by the original image stamp
+        labels = {}
+        for m in src.messages([image_topic, bags.GROUND_TRUTH_TOPIC], raw=True):
+            if m.topic == image_topic:
+                if max_frames is None or len(frames) < max_frames:
+                    frames.append((m.log_time, m.msg))
+            else:
+                labels[m.log_time] = bags.typestore().deserialize_cdr(m.msg, bags.STRING_TYPE).data
+        storage = storage or src.storage
+        source_info = src.info
+    if not has_gt:
+        log(f"note: {bag_path} has no {bags.GROUND_TRUTH_TOPIC}; outputs are written, but evaluation needs labels")
+
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
+    lock = threading.Lock()
+    summary = {"bag": str(out_path), "source": str(bag_path), "frames_in": len(frames), "outputs": 0,
+               "labelled": 0, "mode": "fast" if rate is None else f"rate {rate:g}"}
+    try:
+        out.add_topic(bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE)
+        out.add_topic(bags.FRAMES_TOPIC, bags.HEADER_TYPE)
+        if has_gt:
+            out.add_topic(bags.GROUND_TRUTH_TOPIC, bags.STRING_TYPE)
+        if keep_images:
+            out.add_topic(image_topic, bags.IMAGE_TYPE)
+        out.set_info("replay_of", str(bag_path))
+        out.set_info("replay_mode", summary["mode"])
+        out.set_info("node_parameters", repr(params))
+        if "source" in source_info:
+            out.set_info("source", source_info["source"])
+
+        def write_input(msg, t_pub, orig_stamp):
+            """Frame marker, moved label and (optionally) the image, all at the new stamp."""
+            header = bags.make_header(t_pub, msg.header.frame_id)
+            with lock:
+                out.write(bags.FRAMES_TOPIC, t_pub, header)
+                label = labels.get(orig_stamp)
+                if label is not None:
+                    out.write(bags.GROUND_TRUTH_TOPIC, t_pub, bags.make_string(label))
+                    summary["labelled"] += 1
+                if keep_images:
+                    out.write(image_topic, t_pub, serialize_message(msg))
+
+        def write_output(raw: bytes, t_recv: int):
+            with lock:
+                out.write(bags.EXPRESSIONS_TOPIC, t_recv, raw)
+                summary["outputs"] += 1
+
+        def restamp(raw):
+            msg = deserialize_message(raw, Image)
+            orig = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            t = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            return msg, orig, t
+
+        with _Ros():
+            if rate is None:
+                node = make_expression_node(params)
+                try:
+                    summary["node"] = _node_description(node)
+                    start = time.perf_counter()
+                    for _, raw in frames:
+                        msg, orig, t_pub = restamp(raw)
+                        result = process_sync(node, msg)
+                        t_recv = time.time_ns()
+                        write_input(msg, t_pub, orig)
+                        if result is not None:
+                            write_output(serialize_message(result), t_recv)
+                    summary["wall_s"] = time.perf_counter() - start
+                finally:
+                    node.destroy_node()
+            else:
+                _replay_realtime(frames, rate, params, external, image_topic, extra_topics, out, lock,
+                                 restamp, write_input, write_output, summary, log)
+    finally:
+        out.close()
+    summary["fps"] = summary["outputs"] / summary["wall_s"] if summary.get("wall_s") else None
+    return summary
+
+
+def _node_description(node) -> dict:
+    """Model and backend of the in-process node, for the report (best effort: attributes may differ)."""
+    out = {}
+    pipeline = getattr(node, "pipeline", None)
+    classifier = getattr(pipeline, "classifier", None)
+    for key, obj, attr in (("backend", classifier, "backend"), ("model", classifier, "model_path")):
+        value = getattr(obj, attr, None)
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
+def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, out, lock, restamp,
+                     write_input, write_output, summary, log):
+    """Publish frames on their recorded schedule / rate; record what the node publishes."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from fer_ros.msg import FaceExpressionArray
+
+    player = rclpy.create_node("fer_bag_replay")
+    nodes = [player]
+    if not external:
+        node = make_expression_node(params)
+        nodes.append(node)
+        summary["node"] = _node_description(node)
+    executor = MultiThreadedExecutor(num_threads=2)
+    for n in nodes:
+        executor.add_node(n)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    last_output = [time.monotonic()]
+    try:
+        # reliable keep-last-1 matches reliable and best-effort subscribers and never queues old frames
+        pub = player.create_publisher(Image, image_topic,
+                                      QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                                                 reliability=ReliabilityPolicy.RELIABLE))
+        _wait(lambda: pub.get_subscription_count() > 0, 10.0,
+              f"no expression node subscribes to {image_topic}" + (" (is it running?)" if external else ""))
+        _wait(lambda: player.get_publishers_info_by_topic(bags.EXPRESSIONS_TOPIC), 10.0,
+              f"nobody publishes {bags.EXPRESSIONS_TOPIC}")
+        # match the node's reliability: a reliable subscription would not hear a best-effort publisher
+        infos = player.get_publishers_info_by_topic(bags.EXPRESSIONS_TOPIC)
+        best_effort = any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos)
+        sub_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT if best_effort
+                             else ReliabilityPolicy.RELIABLE)
+
+        def on_output(raw):
+            write_output(raw, time.time_ns())
+            last_output[0] = time.monotonic()
+
+        subs = [player.create_subscription(FaceExpressionArray, bags.EXPRESSIONS_TOPIC, on_output, sub_qos,
+                                           raw=True)]
+        for topic in extra_topics:
+            subs.append(_record_subscription(player, topic, out, lock))
+        time.sleep(0.3)  # let the new subscriptions match before the first frame
+        start = time.perf_counter()
+        t0_bag = frames[0][0]
+        for log_time, raw in frames:
+            due = start + (log_time - t0_bag) / 1e9 / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            msg, orig, t_pub = restamp(raw)
+            write_input(msg, t_pub, orig)
+            pub.publish(msg)
+        # wait for the last outputs: until 1 s passes without one (3 s at most)
+        end = time.monotonic()
+        while time.monotonic() - end < 3.0 and time.monotonic() - max(last_output[0], end) < 1.0:
+            time.sleep(0.05)
+        summary["wall_s"] = time.perf_counter() - start
+    finally:
+        executor.shutdown()
+        for n in nodes:
+            n.destroy_node()
+        spinner.join(timeout=2.0)
+
+
+def _wait(condition, timeout: float, message: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise BagError(f"{message} after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _record_subscription(node, topic: str, out: bags.BagWriter, lock, msgtype: str | None = None):
+    """Subscribe raw to `topic` and append what arrives to `out` at receipt time."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    if msgtype is None:
+        found = dict(node.get_topic_names_and_types()).get(topic)
+        if not found:
+            raise BagError(f"topic {topic} is not published (cannot tell its type)")
+        msgtype = found[0]
+    cls = _ros_message_class(msgtype)
+    infos = node.get_publishers_info_by_topic(topic)
+    best_effort = any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos)
+    out.add_topic(topic, msgtype, qos="sensor_data" if best_effort else "reliable")
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT if best_effort
+                     else ReliabilityPolicy.RELIABLE)
+
+    def callback(raw):
+        t = time.time_ns()
+        with lock:
+            out.write(topic, t, raw)
+
+    return node.create_subscription(cls, topic, callback, qos, raw=True)
+
+
+# ------------------------------------------------------------------------ record
+
+
+def record(out_path, topics=DEFAULT_RECORD_TOPICS, duration: float | None = None, storage: str = "mcap",
+           overwrite: bool = False, log=print, stop: threading.Event | None = None) -> dict:
+    """Record `topics` (subscribed as they appear) until `duration` s, Ctrl-C or `stop` is set."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
+    lock = threading.Lock()
+    stop = stop or threading.Event()
+    subscribed: dict[str, object] = {}
+    try:
+        with _Ros():
+            node = rclpy.create_node("fer_bag_record")
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            start = time.monotonic()
+            next_scan = 0.0
+            try:
+                while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+                    if time.monotonic() >= next_scan:  # topics that appeared since the last look
+                        for topic, types in node.get_topic_names_and_types():
+                            if topic in topics and topic not in subscribed:
+                                try:
+                                    subscribed[topic] = _record_subscription(node, topic, out, lock, types[0])
+                                    log(f"recording {topic} [{types[0]}]")
+                                except BagError as exc:
+                                    log(f"warning: skipping {topic}: {exc}")
+                                    subscribed[topic] = None
+                        next_scan = time.monotonic() + 0.5
+                    executor.spin_once(timeout_sec=0.05)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                executor.shutdown()
+                node.destroy_node()
+    finally:
+        out.close()
+    missing = sorted(set(topics) - set(subscribed))
+    if missing:
+        log("never published: " + ", ".join(missing))
+    return {"bag": str(out_path), "messages": dict(out.counts), "duration_s": time.monotonic() - start}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _size(text: str):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+        return w, h
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 640x480, not {text!r}") from None
+
+
+def _rate(text: str):
+    if text.lower() in ("fast", "max", "0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rate must be a number or 'fast', not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("rate must be > 0 (or 'fast')")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bag_command", metavar="ACTION", required=True)
+
+    def common(p, default_storage: str | None = "mcap"):
+        p.add_argument("--storage", choices=bags.STORAGES, default=default_storage,
+                       help="rosbag2 storage (default: %(default)s)" if default_storage
+                       else "rosbag2 storage (default: that of the input bag)")
+        p.add_argument("--overwrite", action="store_true", help="replace the output bag if it exists")
+
+    p = sub.add_parser("from-video", help="bag of images from a video file, with optional labels")
+    p.add_argument("video", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="output bag folder (default: <video name>_bag)")
+    p.add_argument("--labels", type=Path, help="CSV: rows start_s,end_s,label (seconds from the first frame, "
+                   "end exclusive) or frame,label (0-based); labels by name or index")
+    p.add_argument("--fps", type=float, help="frame rate of the stamps (default: the video's)")
+    p.add_argument("--size", type=_size, help="letterbox frames to WxH, e.g. 640x480 (keeps face shapes)")
+    p.add_argument("--loops", type=int, default=1, help="play the video N times in a row")
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--frame-id", default="camera")
+    common(p)
+
+    p = sub.add_parser("from-dataset", help="bag of FER-2013 images with one label each")
+    p.add_argument("npz", type=Path, help="FER-2013 npz (shared/data/fer2013.npz)")
+    p.add_argument("-o", "--output", type=Path, help="output bag folder (default: fer2013_<split>_bag)")
+    p.add_argument("--split", default="PublicTest")
+    p.add_argument("--fps", type=float, default=30.0, help="image rate (default: %(default)s)")
+    p.add_argument("--encoding", choices=("mono8", "bgr8"), default="mono8")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--frame-id", default="camera")
+    common(p)
+
+    p = sub.add_parser("record", help="record live topics into a bag")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--topics", nargs="+", default=list(DEFAULT_RECORD_TOPICS),
+                   help="topics to record (default: camera, expressions, diagnostics, therapy and robot topics)")
+    p.add_argument("--duration", type=float, help="stop after S seconds (default: Ctrl-C)")
+    common(p)
+
+    p = sub.add_parser("label", help="copy a recorded bag adding ground-truth labels from a CSV")
+    p.add_argument("bag", type=Path)
+    p.add_argument("--labels", type=Path, required=True, help="CSV as for from-video; times are seconds "
+                   "from the first image's stamp, frames count images")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--image-topic", default=bags.IMAGE_TOPIC)
+    common(p, None)
+
+    p = sub.add_parser("replay", help="run a bag's images through the expression node, write its outputs")
+    p.add_argument("bag", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="output bag folder (default: <bag>_replay)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--rate", type=_rate, default=1.0,
+                       help="factor of the recorded speed, or 'fast' (default: %(default)s)")
+    speed.add_argument("--fast", action="store_true",
+                       help="as fast as the node keeps up (in-process, every frame processed)")
+    p.add_argument("--detector", help="shorthand for -p detector:=NAME (e.g. 'whole' for pre-cropped faces)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="expression node parameter override (repeatable)")
+    p.add_argument("--params-file", type=Path, help="ROS 2 parameters YAML (expression_node section)")
+    p.add_argument("--external", action="store_true",
+                   help="publish to an expression node that is already running instead of starting one")
+    p.add_argument("--image-topic", default=bags.IMAGE_TOPIC)
+    p.add_argument("--keep-images", action="store_true", help="also write the restamped images")
+    p.add_argument("--record", nargs="+", default=[], metavar="TOPIC",
+                   help="real-time mode: also record these topics (e.g. /faces/image_annotated /diagnostics)")
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--evaluate", type=Path, metavar="DIR", help="then evaluate and write the report to DIR")
+    common(p, None)
+
+    p = sub.add_parser("evaluate", help="score /faces/expressions against the ground-truth labels")
+    p.add_argument("bag", type=Path)
+    p.add_argument("--report", type=Path, help="folder for evaluation.json/.md and confusion_matrix.png "
+                   "(default: <bag>_eval)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the markdown summary")
+
+    p = sub.add_parser("info", help="topics, counts and provenance of a bag")
+    p.add_argument("bag", type=Path)
+
+
+def _print_evaluation(bag_path, report_dir, as_json: bool = False) -> dict:
+    import json
+
+    from fer_ros import evaluation
+
+    result = evaluation.evaluate_bag(bag_path)
+    paths = evaluation.write_report(result, report_dir)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(evaluation.markdown(result), end="")
+        print(f"\nreport: {paths['markdown']}  {paths['json']}  {paths['png']}")
+    return result
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except BagError as exc:
+        print(f"fer-ros bag {args.bag_command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"fer-ros bag {args.bag_command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    cmd = args.bag_command
+    if cmd == "from-video":
+        out = args.output or Path(f"{args.video.stem}_bag")
+        s = bags.video_to_bag(args.video, out, labels=args.labels, fps=args.fps, size=args.size, loops=args.loops,
+                              max_frames=args.max_frames, storage=args.storage, frame_id=args.frame_id,
+                              overwrite=args.overwrite)
+        print(f"wrote {s['bag']}: {s['frames']} frames at {s['fps']:g} fps, {s['labelled']} labelled")
+    elif cmd == "from-dataset":
+        out = args.output or Path(f"fer2013_{args.split}_bag")
+        s = bags.dataset_to_bag(args.npz, out, split=args.split, fps=args.fps, encoding=args.encoding,
+                                limit=args.limit, storage=args.storage, frame_id=args.frame_id,
+                                overwrite=args.overwrite)
+        print(f"wrote {s['bag']}: {s['frames']} {args.encoding} images at {s['fps']:g} fps, one label each\n"
+              f"replay with: fer-ros bag replay {s['bag']} --fast --detector whole")
+    elif cmd == "record":
+        s = record(args.output, topics=args.topics, duration=args.duration, storage=args.storage,
+                   overwrite=args.overwrite)
+        print(f"wrote {s['bag']}: " + (", ".join(f"{t} {n}" for t, n in s["messages"].items()) or "no messages"))
+    elif cmd == "label":
+        s = bags.label_bag(args.bag, args.output, args.labels, topic=args.image_topic, storage=args.storage,
+                           overwrite=args.overwrite)
+        print(f"wrote {s['bag']}: {s['labelled']} of {s['frames']} images labelled")
+    elif cmd == "replay":
+        params = parse_params(args.param, args.params_file)
+        if args.detector:
+            params["detector"] = args.detector
+        rate = None if args.fast else args.rate
+        out = args.output or Path(f"{str(args.bag).rstrip('/')}_replay")
+        s = replay(args.bag, out, rate=rate, params=params, external=args.external, image_topic=args.image_topic,
+                   keep_images=args.keep_images, extra_topics=args.record, storage=args.storage,
+                   overwrite=args.overwrite, max_frames=args.max_frames)
+        fps = f", {s['fps']:.1f} frames/s" if s.get("fps") else ""
+        print(f"wrote {s['bag']}: {s['outputs']} outputs for {s['frames_in']} frames ({s['mode']}{fps}), "
+              f"{s['labelled']} labels")
+        if args.evaluate:
+            _print_evaluation(out, args.evaluate)
+    elif cmd == "evaluate":
+        report = args.report or Path(f"{str(args.bag).rstrip('/')}_eval")
+        _print_evaluation(args.bag, report, args.json)
+    elif cmd == "info":
+        with bags.BagReader(args.bag) as bag:
+            span = (bag.end_time - bag.start_time) / 1e9 if bag.counts else 0.0
+            print(f"{args.bag}: {bag.storage}, {sum(bag.counts.values())} messages over {span:.2f} s")
+            print(bag.describe())
+            for k, v in bag.info.items():
+                print(f"  {k}: {v}")
+    return 0
