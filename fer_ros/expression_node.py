@@ -1,0 +1,305 @@
+"""expression_node: camera images in, facial expressions of every face out.
+
+Subscribes to sensor_msgs/Image (`image_topic`, best-effort depth 1) and runs
+fer_ros.pipeline.ExpressionPipeline (detect -> crop -> classify all faces in one batch ->
+track) on the newest frame only: the subscription callback just replaces the pending
+frame (counting the one it drops) and a worker thread processes whatever is newest, so
+results never lag behind the camera. Publishes, for every processed frame:
+
+- `faces/expressions` fer_ros/FaceExpressionArray, header copied from the image (empty
+  `faces` when nobody is in view, so consumers know the node is alive);
+- `faces/image_annotated` sensor_msgs/Image with boxes, ids and labels (when enabled and
+  somebody subscribes);
+- `/diagnostics` diagnostic_msgs/DiagnosticArray once a second: rates, latency, dropped and
+  malformed frames, backend, model.
+
+Malformed images are logged (throttled) and skipped; the node keeps running.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, RegionOfInterest
+
+from .ros_image import image_msg_to_bgr, bgr_to_image_msg
+from .ros_params import Param, declare_params, qos_from_params, qos_params
+
+PARAMS = [
+    Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
+          "bgra8/rgba8, mono16, yuv422 are accepted).", read_only=True),
+    Param("detector", "default", "Face detector: 'default' (Haar on a 320 px wide copy: real time on a CPU), "
+          "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model) or 'whole' (the whole "
+          "image is one face: for inputs that are already face crops).", read_only=True),
+    Param("detector.model", "", "Path of the YuNet .onnx file (detector 'yunet').", read_only=True),
+    Param("detector.min_size", 30, "Smallest face side to detect, in image pixels.", range=(1, 4096),
+          read_only=True),
+    Param("detector.downscale_width", 320, "Detect on a copy resized to this width (0: full resolution). "
+          "Smaller is faster; faces must stay >= ~24 px there.", range=(0, 8192), read_only=True),
+    Param("detector.scale_factor", 1.1, "Haar: image pyramid step (> 1; larger is faster, misses more).",
+          range=(1.01, 2.0), read_only=True),
+    Param("detector.min_neighbors", 5, "Haar: overlapping detections needed to accept a face (higher: "
+          "fewer false faces).", range=(0, 50), read_only=True),
+    Param("detector.score_threshold", 0.6, "YuNet: minimum face score.", range=(0.0, 1.0), read_only=True),
+    Param("min_detection_score", 0.0, "Ignore detections scoring below this (Haar scores are >= 0.5).",
+          range=(0.0, 1.0), read_only=True),
+    Param("backend", "auto", "Classifier backend: 'auto' (TensorRT on an NVIDIA GPU when available, else "
+          "ONNX Runtime), 'onnxruntime', 'tensorrt', 'cuda' or 'cpu'.", read_only=True),
+    Param("model_path", "", "Expression model (.onnx, input [N,1,48,48]); empty: the model shipped in "
+          "the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
+    Param("margin", 0.0, "Extra border around each face box before cropping, as a fraction of the box "
+          "side (the model was trained with the same value; change only with a matching model).",
+          range=(0.0, 1.0), read_only=True),
+    Param("min_confidence", 0.0, "Leave out faces whose top expression probability is below this "
+          "(0: report every detected face).", range=(0.0, 1.0), read_only=True),
+    Param("smoothing", 0.5, "Temporal smoothing of each tracked face's probabilities: exponential "
+          "moving average weight of the past (0: none, 0.9: very smooth, slower to react).",
+          range=(0.0, 0.99), read_only=True),
+    Param("tracking.iou_threshold", 0.3, "Minimum box overlap (IoU) to keep a face's track id "
+          "from one frame to the next.", range=(0.0, 1.0), read_only=True),
+    Param("tracking.max_missed", 15, "Frames a face may be missed before its track id is dropped.",
+          range=(0, 10000), read_only=True),
+    Param("max_faces", 10, "Process at most this many faces per frame (the largest).", range=(1, 100),
+          read_only=True),
+    Param("publish_annotated", True, "Publish faces/image_annotated (drawn only while somebody subscribes)."),
+    Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.1, 60.0),
+          read_only=True),
+    *qos_params("qos", "best_effort", 1, "the image subscription (depth 1 = newest frame only)"),
+    *qos_params("output_qos", "reliable", 10, "faces/expressions and faces/image_annotated"),
+]
+
+# ROS parameter -> ExpressionPipeline keyword (see build_pipeline).
+_DETECTOR_KEYS = {"haar": ("min_size", "downscale_width", "scale_factor", "min_neighbors"),
+                  "default": ("min_size", "downscale_width", "scale_factor", "min_neighbors"),
+                  "yunet": ("model", "min_size", "downscale_width", "score_threshold"),
+                  "whole": ()}
+
+
+def build_pipeline(p: dict):
+    """ExpressionPipeline from the node's parameter values."""
+    from .pipeline import ExpressionPipeline
+
+    name = p["detector"]
+    if name not in _DETECTOR_KEYS:
+        raise ValueError(f"unknown detector {name!r}: use one of {', '.join(_DETECTOR_KEYS)}")
+    det_params = {k: p[f"detector.{k}"] for k in _DETECTOR_KEYS[name]}
+    if name == "yunet" and not det_params.get("model"):
+        raise ValueError("detector 'yunet' needs detector.model (path of face_detection_yunet_*.onnx)")
+    wanted = dict(detector=name, detector_params=det_params, model_path=p["model_path"] or None,
+                  backend=p["backend"], margin=p["margin"], min_detection_score=p["min_detection_score"],
+                  min_confidence=p["min_confidence"], smoothing=p["smoothing"],
+                  iou_threshold=p["tracking.iou_threshold"], max_missed=p["tracking.max_missed"],
+                  max_faces=p["max_faces"])
+    accepted = inspect.signature(ExpressionPipeline).parameters
+    return ExpressionPipeline(**{k: v for k, v in wanted.items() if k in accepted})
+
+
+def results_to_msg(results, header, width: int, height: int):
+    """FaceResult list -> FaceExpressionArray (boxes clipped to the image)."""
+    from fer_ros.msg import FaceExpression, FaceExpressionArray
+
+    out = FaceExpressionArray(header=header, image_width=int(width), image_height=int(height))
+    for r in results:
+        x, y, w, h = (int(v) for v in r.box)
+        x0, y0 = min(max(x, 0), width), min(max(y, 0), height)
+        x1, y1 = min(max(x + w, 0), width), min(max(y + h, 0), height)
+        face = FaceExpression(face_id=int(r.face_id), expression=str(r.expression),
+                              confidence=float(r.confidence), detection_score=float(r.detection_score))
+        face.box = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0, do_rectify=False)
+        face.scores = np.asarray(r.scores, dtype=np.float32).reshape(7)
+        out.faces.append(face)
+    return out
+
+
+def _stamp_seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class ExpressionNode(Node):
+    """The expression node. In-process use (tests, fast bag replay):
+
+        node = ExpressionNode(params={"backend": "onnxruntime"}, subscribe=False)
+        array_msg = node.process_image(image_msg)   # synchronous; also publishes
+    """
+
+    def __init__(self, params: dict | None = None, subscribe: bool = True, **kwargs):
+        overrides = list(kwargs.pop("parameter_overrides", []))
+        overrides += [Parameter(k, value=v) for k, v in (params or {}).items()]
+        super().__init__(kwargs.pop("node_name", "expression_node"), parameter_overrides=overrides, **kwargs)
+        from fer_ros.msg import FaceExpressionArray
+
+        self.p = declare_params(self, PARAMS)
+        self.pipeline = build_pipeline(self.p)
+        self.backend = str(getattr(self.pipeline, "backend", None) or
+                           getattr(getattr(self.pipeline, "classifier", None), "backend", "unknown"))
+        self.model_path = str(getattr(self.pipeline, "model_path", None) or
+                              getattr(getattr(self.pipeline, "classifier", None), "model_path", "unknown"))
+        out_qos = qos_from_params(self.p, "output_qos")
+        self.pub = self.create_publisher(FaceExpressionArray, "faces/expressions", out_qos)
+        self.pub_annotated = self.create_publisher(Image, "faces/image_annotated", out_qos)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._lock = threading.Lock()
+        self._process_lock = threading.Lock()  # one frame at a time through the pipeline
+        self._wake = threading.Condition(self._lock)
+        self._pending = None
+        self._stop = False
+        self.stats = dict(received=0, processed=0, dropped=0, malformed=0, errors=0, faces=0)
+        self._latency = deque(maxlen=300)   # header stamp -> publish, ms
+        self._proc_ms = deque(maxlen=300)   # pipeline time, ms
+        self._done_times = deque(maxlen=300)
+        self._recv_times = deque(maxlen=300)
+        self._last_timings = {}
+
+        self.sub = None
+        self._worker = None
+        if subscribe:
+            self.sub = self.create_subscription(Image, self.p["image_topic"], self._on_image,
+                                                qos_from_params(self.p, "qos"))
+            self._worker = threading.Thread(target=self._work, name="expression_worker", daemon=True)
+            self._worker.start()
+        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+        topic = self.sub.topic_name if self.sub else "(none: in-process)"
+        self.get_logger().info(
+            f"expressions from {topic} -> {self.pub.topic_name}; detector {self.p['detector']}, "
+            f"backend {self.backend}, model {self.model_path}")
+
+    # -- newest-frame-only hand-over between the DDS callback and the worker --------------
+    def _on_image(self, msg):
+        with self._wake:
+            self.stats["received"] += 1
+            self._recv_times.append(time.monotonic())
+            if self._pending is not None:
+                self.stats["dropped"] += 1  # the worker was busy: the older frame is stale
+            self._pending = msg
+            self._wake.notify()
+
+    def _work(self):
+        while True:
+            with self._wake:
+                while self._pending is None and not self._stop:
+                    self._wake.wait(0.5)
+                if self._stop:
+                    return
+                msg, self._pending = self._pending, None
+            try:
+                self.process_image(msg)
+            except Exception as exc:  # never let one bad frame kill the worker
+                self.stats["errors"] += 1
+                self.get_logger().error(f"processing failed: {exc!r}", throttle_duration_sec=5.0)
+
+    # -- the work itself ------------------------------------------------------------------
+    def process_image(self, msg, publish: bool = True):
+        """Run the pipeline on one sensor_msgs/Image; return the FaceExpressionArray (also
+        published when `publish`), or None when the image is malformed (logged, counted)."""
+        try:
+            bgr = image_msg_to_bgr(msg)
+        except ValueError as exc:
+            self.stats["malformed"] += 1
+            self.get_logger().warn(f"skipping malformed image: {exc}", throttle_duration_sec=5.0)
+            return None
+        stamp = _stamp_seconds(msg.header.stamp)
+        with self._process_lock:
+            t0 = time.perf_counter()
+            results = self.pipeline.process(bgr, stamp=stamp if stamp > 0 else None)
+            proc_ms = (time.perf_counter() - t0) * 1e3
+        out = results_to_msg(results, msg.header, bgr.shape[1], bgr.shape[0])
+        if publish:
+            self.pub.publish(out)
+            if self.get_parameter("publish_annotated").value and self.pub_annotated.get_subscription_count():
+                from .annotate import draw_results
+
+                self.pub_annotated.publish(bgr_to_image_msg(draw_results(bgr, results), header=msg.header))
+        now = time.monotonic()
+        with self._lock:
+            self.stats["processed"] += 1
+            self.stats["faces"] = len(results)
+            self._proc_ms.append(proc_ms)
+            self._done_times.append(now)
+            self._last_timings = dict(getattr(self.pipeline, "last_timings", {}) or {})
+            if stamp > 0:
+                self._latency.append((self.get_clock().now().nanoseconds * 1e-9 - stamp) * 1e3)
+        return out
+
+    # -- diagnostics ----------------------------------------------------------------------
+    def diagnostics(self) -> DiagnosticStatus:
+        with self._lock:
+            s = dict(self.stats)
+            lat, proc = list(self._latency), list(self._proc_ms)
+            done, recv = list(self._done_times), list(self._recv_times)
+            timings = dict(self._last_timings)
+
+        def rate(times):
+            recent = [t for t in times if t > time.monotonic() - 5.0]
+            return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+        def pct(values, q):
+            return float(np.percentile(values, q)) if values else float("nan")
+
+        status = DiagnosticStatus(name=f"{self.get_name()}: facial expressions", hardware_id=self.backend)
+        stale = bool(self.sub) and (not recv or recv[-1] < time.monotonic() - 5.0)
+        if s["processed"] == 0 and s["malformed"] and not s["errors"]:
+            status.level, status.message = DiagnosticStatus.WARN, "all images so far were malformed"
+        elif s["errors"] > 0 and s["processed"] == 0:
+            status.level, status.message = DiagnosticStatus.ERROR, "processing fails (see log)"
+        elif stale:
+            status.level, status.message = DiagnosticStatus.WARN, "no images received in the last 5 s"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, f"{rate(done):.1f} fps, {s['faces']} face(s)"
+        values = {
+            "input_rate_hz": f"{rate(recv):.2f}", "processed_rate_hz": f"{rate(done):.2f}",
+            "latency_ms_p50": f"{pct(lat, 50):.1f}", "latency_ms_p95": f"{pct(lat, 95):.1f}",
+            "processing_ms_mean": f"{float(np.mean(proc)) if proc else float('nan'):.1f}",
+            "frames_received": s["received"], "frames_processed": s["processed"],
+            "frames_dropped": s["dropped"], "frames_malformed": s["malformed"], "errors": s["errors"],
+            "faces_in_last_frame": s["faces"], "backend": self.backend, "model": self.model_path,
+            "detector": self.p["detector"],
+        }
+        values.update({f"last_{k}_ms": f"{v:.1f}" for k, v in timings.items()})
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return status
+
+    def _publish_diagnostics(self):
+        msg = DiagnosticArray(status=[self.diagnostics()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
+
+    def destroy_node(self):
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=2.0)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ExpressionNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad parameter / model: say which
+        print(f"expression_node: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Parameter and QoS helpers shared by the fer_ros nodes.
+
+Every parameter is declared with a description (so `ros2 param describe` documents it) and,
+for numbers, an allowed range. QoS is configurable through parameters because mismatched
+QoS between publisher and subscriber is the most common "no messages arrive" problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One node parameter: name, default (its type fixes the parameter type), description,
+    optional inclusive numeric range, and read_only (changing it needs a restart)."""
+
+    name: str
+    default: Any
+    description: str
+    range: tuple | None = None
+    read_only: bool = False
+    dynamic_typing: bool = False  # accept any type (e.g. `-p source:=0` arrives as an integer)
+
+
+def descriptor(p: Param) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=p.description, read_only=p.read_only,
+                            dynamic_typing=p.dynamic_typing)
+    if p.range is not None:
+        lo, hi = p.range
+        if isinstance(p.default, bool):
+            pass
+        elif isinstance(p.default, int):
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        elif isinstance(p.default, float):
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return d
+
+
+def declare_params(node, params: Iterable[Param]) -> dict:
+    """Declare all `params` on `node` and return {name: value} (overrides from YAML/CLI applied)."""
+    params = list(params)
+    node.declare_parameters("", [(p.name, p.default, descriptor(p)) for p in params])
+    return {p.name: node.get_parameter(p.name).value for p in params}
+
+
+def qos_params(prefix: str, reliability: str, depth: int, what: str) -> list[Param]:
+    """The two parameters that make a QoS profile: `<prefix>.reliability` and `<prefix>.depth`."""
+    return [
+        Param(f"{prefix}.reliability", reliability,
+              f"QoS reliability of {what}: 'best_effort' (sensor data: never waits for "
+              f"retransmissions; a best_effort subscriber also accepts reliable publishers) or 'reliable'.",
+              read_only=True),
+        Param(f"{prefix}.depth", depth,
+              f"QoS history depth (keep last N) of {what}; small values keep latency low.",
+              range=(1, 1000), read_only=True),
+    ]
+
+
+def make_qos(reliability: str, depth: int) -> QoSProfile:
+    """QoS profile (keep-last `depth`, volatile) from a reliability name; ValueError when unknown."""
+    name = str(reliability).strip().lower().replace("-", "_")
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE,
+                "system_default": ReliabilityPolicy.SYSTEM_DEFAULT}
+    if name not in policies:
+        raise ValueError(f"unknown QoS reliability {reliability!r}: use best_effort or reliable")
+    if int(depth) < 1:
+        raise ValueError(f"QoS depth must be >= 1, got {depth}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+                      reliability=policies[name], durability=DurabilityPolicy.VOLATILE)
+
+
+def qos_from_params(values: dict, prefix: str) -> QoSProfile:
+    """QoS profile from the values of `qos_params(prefix, ...)` returned by `declare_params`."""
+    return make_qos(values[f"{prefix}.reliability"], values[f"{prefix}.depth"])
+
+
+def describe_params(params: Iterable[Param]) -> str:
+    """Markdown table of parameters (used to keep docs/ros.md in step with the code)."""
+    rows = ["| parameter | default | description |", "|---|---|---|"]
+    for p in params:
+        default = repr(p.default) if isinstance(p.default, str) else str(p.default).lower() \
+            if isinstance(p.default, bool) else str(p.default)
+        rows.append(f"| `{p.name}` | `{default}` | {p.description} |")
+    return "\n".join(rows)
