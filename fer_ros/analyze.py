@@ -1,0 +1,198 @@
+"""`fer-ros analyze PATH [--json OUT] [--annotate OUT]`: faces and expressions in an image,
+a video or a folder of them, without ROS.
+
+JSON: {"model", "backend", "detector", "inputs": [{"path", "kind", "width", "height", "fps",
+"frames": [{"frame", "time_s", "faces": [FaceResult.to_dict(), ...]}]}]}.
+--annotate writes the annotated image/video (a folder of them for a folder input).
+A summary goes to stdout; user mistakes give a one-line error and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("path", help="an image, a video, or a folder of images/videos")
+    parser.add_argument("--json", metavar="OUT", help="write per-frame results as JSON to OUT ('-' = stdout)")
+    parser.add_argument("--annotate", metavar="OUT",
+                        help="write the annotated image/video to OUT (a folder when PATH is a folder)")
+    parser.add_argument("--detector", default="default", help="default, haar, yunet or whole (default: %(default)s)")
+    parser.add_argument("--detector-model", metavar="ONNX", help="model file for --detector yunet")
+    parser.add_argument("--model", metavar="PATH", help="expression model (default: the shipped ONNX model)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"],
+                        help="classifier backend (default: %(default)s)")
+    parser.add_argument("--no-tracking", action="store_true", help="per-frame ids and raw scores")
+    parser.add_argument("--smoothing", type=float, default=0.6, help="score EMA weight of the past, 0 = off (default: %(default)s)")
+    parser.add_argument("--margin", type=float, default=None, help="crop margin per side (default: the model's)")
+    parser.add_argument("--max-faces", type=int, default=20, help="largest faces kept per frame (default: %(default)s)")
+    parser.add_argument("--min-face-size", type=int, default=30, help="smallest face side in pixels (default: %(default)s)")
+    parser.add_argument("--stride", type=int, default=1, help="analyze every Nth video frame (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _error(msg: str) -> int:
+    print(f"fer-ros analyze: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _kind(path: Path) -> str | None:
+    ext = path.suffix.lower()
+    return "image" if ext in IMAGE_EXT else "video" if ext in VIDEO_EXT else None
+
+
+def collect_inputs(path: Path) -> list[tuple[Path, str]]:
+    """(file, kind) pairs for a file or the media files of a folder (sorted, not recursive)."""
+    if path.is_dir():
+        return [(p, _kind(p)) for p in sorted(path.iterdir()) if p.is_file() and _kind(p)]
+    return [(path, _kind(path) or "video")]  # unknown suffix: let OpenCV try it as a video
+
+
+def _annotated_path(out: Path, src: Path, kind: str, many: bool) -> Path:
+    if many or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        return out / (src.name if kind == "image" else src.stem + ".mp4")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def analyze_image(pipe, path: Path, annotate_to: Path | None) -> dict:
+    import cv2
+
+    from .annotate import draw_results
+
+    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if frame is None or frame.size == 0:
+        raise ValueError(f"cannot read image {path} (not an image, or corrupt)")
+    if frame.dtype != "uint8":  # 16-bit PNG/TIFF: scale to 8 bit
+        frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(1, int(frame.max())))
+    pipe.reset()
+    results = pipe.process(frame)
+    if annotate_to is not None:
+        if not cv2.imwrite(str(annotate_to), draw_results(frame, results)):
+            raise ValueError(f"cannot write the annotated image {annotate_to} (unknown extension or bad folder?)")
+    return {"path": str(path), "kind": "image", "width": frame.shape[1], "height": frame.shape[0], "fps": None,
+            "frames": [{"frame": 0, "time_s": 0.0, "faces": [r.to_dict() for r in results]}]}
+
+
+def analyze_video(pipe, path: Path, annotate_to: Path | None, stride: int = 1, progress: bool = True) -> dict:
+    import cv2
+    from tqdm import tqdm
+
+    from .annotate import draw_results
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"cannot open {path} as an image or a video (unsupported format or corrupt)")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    fps = fps if 1.0 <= fps <= 1000.0 else 30.0  # some containers report 0 or nonsense
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer, frames, width, height = None, [], 0, 0
+    pipe.reset()
+    try:
+        with tqdm(total=total, unit="frame", desc=path.name, disable=not progress, leave=False) as bar:
+            index = 0
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                bar.update(1)
+                if index % stride == 0 and frame is not None and frame.size:
+                    height, width = frame.shape[:2]
+                    t = index / fps
+                    results = pipe.process(frame, stamp=t)
+                    frames.append({"frame": index, "time_s": round(t, 4), "faces": [r.to_dict() for r in results]})
+                    if annotate_to is not None:
+                        if writer is None:
+                            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if annotate_to.suffix.lower() == ".avi" else "mp4v"))
+                            writer = cv2.VideoWriter(str(annotate_to), fourcc, fps / stride, (width, height))
+                            if not writer.isOpened():
+                                raise ValueError(f"cannot write the annotated video {annotate_to} "
+                                                 "(use a .mp4 or .avi name)")
+                        writer.write(draw_results(frame, results))
+                index += 1
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if index == 0:
+        raise ValueError(f"cannot read any frame from {path} (not an image or a video, or corrupt)")
+    return {"path": str(path), "kind": "video", "width": width, "height": height, "fps": fps, "frames": frames}
+
+
+def summary(item: dict) -> str:
+    name = Path(item["path"]).name
+    frames = item["frames"]
+    if item["kind"] == "image":
+        faces = frames[0]["faces"]
+        body = ", ".join(f"#{f['face_id']} {f['expression']} {f['confidence']:.2f} at {tuple(f['box'])}" for f in faces)
+        return f"{name}: {len(faces)} face(s)" + (f": {body}" if faces else "")
+    with_faces = sum(1 for f in frames if f["faces"])
+    per_id: dict[int, Counter] = {}
+    for f in frames:
+        for face in f["faces"]:
+            per_id.setdefault(face["face_id"], Counter())[face["expression"]] += 1
+    ids = ", ".join(f"#{i} mostly {c.most_common(1)[0][0]} ({sum(c.values())} frames)" for i, c in sorted(per_id.items()))
+    return f"{name}: {len(frames)} frames analysed, faces in {with_faces}" + (f"; {ids}" if ids else "")
+
+
+def run(args) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        return _error(f"no such file or folder: {path}")
+    if args.stride < 1:
+        return _error("--stride must be >= 1")
+    inputs = collect_inputs(path)
+    if not inputs:
+        return _error(f"no images or videos in {path} (looked for {', '.join(sorted(IMAGE_EXT | VIDEO_EXT))})")
+    if args.detector == "yunet" and not args.detector_model:
+        return _error("--detector yunet needs --detector-model PATH/face_detection_yunet_*.onnx")
+
+    from .pipeline import ExpressionPipeline
+
+    detector_params = {"model": args.detector_model} if args.detector_model else None
+    try:
+        pipe = ExpressionPipeline(detector=args.detector, tracking=not args.no_tracking, smoothing=args.smoothing,
+                                  margin=args.margin, max_faces=args.max_faces, min_face_size=args.min_face_size,
+                                  detector_params=detector_params, model_path=args.model, backend=args.backend)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        return _error(str(exc))
+
+    annotate = Path(args.annotate) if args.annotate else None
+    many = path.is_dir()
+    items, failed = [], 0
+    for src, kind in inputs:
+        out = _annotated_path(annotate, src, kind, many) if annotate else None
+        try:
+            if kind == "image":
+                item = analyze_image(pipe, src, out)
+            else:
+                item = analyze_video(pipe, src, out, args.stride, progress=not args.quiet)
+        except ValueError as exc:
+            failed += 1
+            print(f"fer-ros analyze: {'warning' if many else 'error'}: {exc}", file=sys.stderr)
+            continue
+        items.append(item)
+        if not args.quiet and args.json != "-":
+            print(summary(item))
+    if args.json:
+        doc = {"model": str(pipe.classifier.model_path), "backend": pipe.classifier.backend,
+               "detector": getattr(pipe.detector, "name", type(pipe.detector).__name__), "inputs": items}
+        text = json.dumps(doc, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            try:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(text)
+            except OSError as exc:
+                return _error(f"cannot write {args.json}: {exc.strerror or exc}")
+    if not items:
+        return 1
+    return 1 if failed and not many else 0

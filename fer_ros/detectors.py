@@ -1,0 +1,211 @@
+"""Face detectors behind one interface: `detect(bgr) -> float32 [K, 5]` rows (x, y, w, h, score).
+
+Boxes are in pixels of the frame that was passed in, whatever resolution the detector
+works at internally. Every detector accepts gray, BGR and BGRA uint8 frames.
+
+- `haar`: the paper's Viola-Jones detector (OpenCV's bundled frontal-face cascade), with an
+  option to run on a downscaled frame, which is what makes it real-time.
+- `yunet`: OpenCV's CNN detector `cv2.FaceDetectorYN`; the user gives the .onnx path.
+- `whole`: the whole frame is one face, for inputs that are already face crops (FER-2013).
+- `default`: Haar on a frame downscaled to 320 px wide (see docs/core.md for the measurement
+  that chose it; it is the only candidate that ships with a registry package, opencv-python).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .preprocess import to_gray
+
+EMPTY = np.zeros((0, 5), np.float32)
+
+
+def _check_frame(frame) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.size == 0 or frame.ndim < 2 or frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"empty frame (shape {frame.shape}): nothing to detect faces in")
+    return frame
+
+
+def _to_bgr(frame: np.ndarray) -> np.ndarray:
+    """uint8 gray/BGR/BGRA -> contiguous BGR (YuNet needs 3 channels)."""
+    if frame.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 frame, got {frame.dtype}")
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return np.ascontiguousarray(frame)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"unsupported frame shape {frame.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+
+
+def _downscale(image: np.ndarray, width: int | None):
+    """Shrink `image` to `width` px wide (never enlarge); return (image, factor to map back)."""
+    w = image.shape[1]
+    if not width or w <= width:
+        return image, 1.0
+    f = width / float(w)
+    h = max(1, int(round(image.shape[0] * f)))
+    return cv2.resize(image, (int(width), h), interpolation=cv2.INTER_AREA), w / float(width)
+
+
+class HaarDetector:
+    """Viola-Jones detector (OpenCV's `haarcascade_frontalface_default.xml` by default).
+
+    Parameters:
+        scale_factor, min_neighbors: as in `CascadeClassifier.detectMultiScale` (the paper:
+            1.1 and 5).
+        min_size: smallest face side in pixels of the *input* frame (smaller faces are too
+            small for a 48x48 crop to carry an expression anyway).
+        max_size: largest face side in input pixels (None: no limit).
+        downscale_width: detect on a copy resized to this width (None or 0: full resolution).
+            Haar's cost grows with the pixel count, so 320 px is ~4x cheaper than 640 px.
+        equalize: histogram-equalise before detecting (helps in dim rooms, costs ~0.2 ms).
+        cascade: path of another cascade XML.
+
+    Score: neighbours / (neighbours + min_neighbors), in (0, 1); 0.5 is a just-accepted face.
+    """
+
+    name = "haar"
+
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30,
+                 max_size: int | None = None, downscale_width: int | None = 320,
+                 equalize: bool = False, cascade: str | os.PathLike | None = None):
+        if scale_factor <= 1.0:
+            raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
+        if min_neighbors < 0:
+            raise ValueError(f"min_neighbors must be >= 0, got {min_neighbors}")
+        path = Path(cascade) if cascade else Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        if not path.is_file():
+            raise FileNotFoundError(f"Haar cascade not found: {path}")
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise ValueError(f"could not load the Haar cascade {path} (not a cascade XML?)")
+        self.cascade_path = str(path)
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.min_size = int(min_size)
+        self.max_size = int(max_size) if max_size else None
+        self.downscale_width = int(downscale_width) if downscale_width else None
+        self.equalize = bool(equalize)
+
+    def detect(self, frame) -> np.ndarray:
+        gray = to_gray(_check_frame(frame))
+        small, f = _downscale(gray, self.downscale_width)
+        if self.equalize:
+            small = cv2.equalizeHist(small)
+        # The cascade's own window is 24x24; asking for less only costs time.
+        min_side = max(24, int(round(self.min_size / f)))
+        max_side = int(round(self.max_size / f)) if self.max_size else 0
+        if min(small.shape[:2]) < min_side:
+            return EMPTY.copy()
+        boxes, neighbours = self.cascade.detectMultiScale2(
+            small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(min_side, min_side), maxSize=(max_side, max_side) if max_side else (0, 0))
+        if len(boxes) == 0:
+            return EMPTY.copy()
+        out = np.empty((len(boxes), 5), np.float32)
+        out[:, :4] = np.asarray(boxes, np.float32) * f
+        n = np.asarray(neighbours, np.float32).reshape(-1)
+        out[:, 4] = n / (n + max(self.min_neighbors, 1))
+        return out
+
+
+class YuNetDetector:
+    """OpenCV's YuNet CNN face detector (`cv2.FaceDetectorYN`); needs the model file's path.
+
+    Parameters: model (path to face_detection_yunet_*.onnx), score_threshold, nms_threshold,
+    top_k, min_size (input pixels), downscale_width (detect on a resized copy; None: full).
+    """
+
+    name = "yunet"
+
+    def __init__(self, model: str | os.PathLike | None = None, score_threshold: float = 0.6,
+                 nms_threshold: float = 0.3, top_k: int = 500, min_size: int = 20,
+                 downscale_width: int | None = 320):
+        if not model:
+            raise ValueError("the yunet detector needs a model path (model=.../face_detection_yunet_*.onnx)")
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"YuNet model not found: {path}")
+        try:
+            self.net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), float(score_threshold),
+                                                 float(nms_threshold), int(top_k))
+        except cv2.error as exc:
+            raise ValueError(f"could not load the YuNet model {path}: {exc}") from None
+        self.model_path = str(path)
+        self.min_size = int(min_size)
+        self.downscale_width = int(downscale_width) if downscale_width else None
+        self._size = (320, 320)
+
+    def detect(self, frame) -> np.ndarray:
+        bgr = _to_bgr(_check_frame(frame))
+        small, f = _downscale(bgr, self.downscale_width)
+        size = (small.shape[1], small.shape[0])
+        if size != self._size:
+            self.net.setInputSize(size)
+            self._size = size
+        _, faces = self.net.detect(small)
+        if faces is None or len(faces) == 0:
+            return EMPTY.copy()
+        out = np.empty((len(faces), 5), np.float32)
+        out[:, :4] = faces[:, :4] * f
+        out[:, 4] = faces[:, 14]
+        # Clip to the frame: YuNet boxes can stick out a little at the border.
+        h, w = bgr.shape[:2]
+        x0 = np.clip(out[:, 0], 0, w)
+        y0 = np.clip(out[:, 1], 0, h)
+        x1 = np.clip(out[:, 0] + out[:, 2], 0, w)
+        y1 = np.clip(out[:, 1] + out[:, 3], 0, h)
+        out[:, 0], out[:, 1], out[:, 2], out[:, 3] = x0, y0, x1 - x0, y1 - y0
+        keep = (out[:, 2] >= self.min_size) & (out[:, 3] >= self.min_size)
+        return out[keep]
+
+
+class WholeImageDetector:
+    """The whole frame is one face (score 1): for inputs that are already face crops."""
+
+    name = "whole"
+
+    def detect(self, frame) -> np.ndarray:
+        frame = _check_frame(frame)
+        h, w = frame.shape[:2]
+        return np.array([[0, 0, w, h, 1.0]], np.float32)
+
+
+DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector, "whole": WholeImageDetector}
+DEFAULT_DETECTOR = "haar"
+#: The default's parameters (chosen by bench/bench_pipeline.py, see docs/core.md).
+DEFAULT_PARAMS = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "downscale_width": 320}
+
+
+def make_detector(name: str = "default", **params):
+    """Build a detector by name: `haar`, `yunet`, `whole` or `default` (Haar on a 320 px frame).
+
+    Extra keyword arguments are the detector's parameters; for `default` they override
+    DEFAULT_PARAMS. Unknown names or parameters raise ValueError with the valid choices.
+    """
+    key = (name or "default").lower()
+    if key == "default":
+        cls, params = DETECTORS[DEFAULT_DETECTOR], {**DEFAULT_PARAMS, **params}
+    elif key in DETECTORS:
+        cls = DETECTORS[key]
+    else:
+        raise ValueError(f"unknown detector {name!r}; choose one of: default, {', '.join(DETECTORS)}")
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for the {key} detector: {exc}") from None
+
+
+def nms(boxes: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
+    """Non-maximum suppression on [K, 5] (x, y, w, h, score) rows; returns the kept rows."""
+    if len(boxes) == 0:
+        return boxes
+    idx = cv2.dnn.NMSBoxes(boxes[:, :4].tolist(), boxes[:, 4].tolist(), 0.0, iou_threshold)
+    return boxes[np.asarray(idx, int).reshape(-1)]

@@ -1,0 +1,166 @@
+"""The real-time pipeline: detect faces -> 48x48 crops -> one batched classification -> track.
+
+    from fer_ros.pipeline import ExpressionPipeline
+    pipe = ExpressionPipeline()             # default detector, shipped model, tracking on
+    for r in pipe.process(bgr, stamp=t):    # list[FaceResult]
+        print(r.face_id, r.box, r.expression, r.confidence)
+    pipe.last_timings                       # ms: detect, classify, track, total
+
+ROS-free: the expression node wraps it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import LABELS
+from .classifier import ExpressionClassifier
+from .detectors import make_detector
+from .preprocess import crop_faces
+from .tracking import FaceTracker
+
+DEFAULT_MARGIN = 0.1
+
+
+@dataclass
+class FaceResult:
+    face_id: int  # >= 1; stable across frames when tracking is on
+    box: tuple  # (x, y, w, h) ints, pixels of the input frame
+    expression: str  # a LABELS entry: argmax of `scores`
+    confidence: float  # scores[argmax]
+    scores: np.ndarray  # [7] float32 in LABELS order (smoothed when smoothing is on)
+    detection_score: float
+
+    def to_dict(self) -> dict:
+        return {
+            "face_id": int(self.face_id),
+            "box": [int(v) for v in self.box],
+            "expression": self.expression,
+            "confidence": round(float(self.confidence), 4),
+            "scores": {label: round(float(s), 4) for label, s in zip(LABELS, self.scores)},
+            "detection_score": round(float(self.detection_score), 4),
+        }
+
+
+def stamp_seconds(stamp) -> float | None:
+    """None, seconds (float/int) or a ROS Time-like object (sec, nanosec) -> float seconds."""
+    if stamp is None:
+        return None
+    if hasattr(stamp, "sec") and hasattr(stamp, "nanosec"):
+        return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+    if hasattr(stamp, "nanoseconds"):  # rclpy.time.Time
+        return 1e-9 * float(stamp.nanoseconds)
+    return float(stamp)
+
+
+def model_card_margin(model_path) -> float | None:
+    """The crop margin the model was trained with, if its model card next to it says so."""
+    try:
+        card = json.loads((Path(model_path).parent / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for holder in (card, card.get("preprocess", {}) if isinstance(card, dict) else {}):
+        if isinstance(holder, dict) and isinstance(holder.get("margin"), (int, float)):
+            return float(holder["margin"])
+    return None
+
+
+class ExpressionPipeline:
+    """Faces and expressions in BGR (or gray/BGRA) frames.
+
+    detector: a name for `make_detector` ("default", "haar", "yunet", "whole") or an object
+        with `detect(frame) -> [K, 5]`; detector_params go to `make_detector`.
+    classifier: an ExpressionClassifier (default: the shipped model, backend "auto"); or
+        give model_path/backend to build one.
+    tracking: stable ids and smoothing; off gives per-frame ids 1..K and raw scores.
+    smoothing: EMA weight of the past for the scores (0 = raw).
+    margin: widen each box by this fraction per side before cropping (None: the model card's
+        training margin, else 0.1).
+    max_faces: keep the largest faces up to this many (None: all).
+    min_face_size: ignore faces smaller than this (pixels, shorter side).
+    iou_threshold, max_age_s, max_age_frames: tracker parameters (see FaceTracker).
+    """
+
+    def __init__(self, detector="default", classifier: ExpressionClassifier | None = None,
+                 tracking: bool = True, smoothing: float = 0.6, margin: float | None = None,
+                 max_faces: int | None = 20, min_face_size: int = 30, iou_threshold: float = 0.3,
+                 max_age_s: float = 1.0, max_age_frames: int = 30, detector_params: dict | None = None,
+                 model_path=None, backend: str = "auto"):
+        if max_faces is not None and max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
+        if min_face_size < 1:
+            raise ValueError(f"min_face_size must be >= 1, got {min_face_size}")
+        if isinstance(detector, str):
+            params = dict(detector_params or {})
+            if detector.lower() in ("default", "haar", "yunet"):
+                params.setdefault("min_size", int(min_face_size))
+            detector = make_detector(detector, **params)
+        elif not callable(getattr(detector, "detect", None)):
+            raise TypeError("detector must be a name or an object with a detect(frame) method")
+        self.detector = detector
+        self.classifier = classifier or ExpressionClassifier(model_path, backend=backend)
+        if margin is None:
+            margin = model_card_margin(self.classifier.model_path)
+        self.margin = DEFAULT_MARGIN if margin is None else float(margin)
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.max_faces = max_faces
+        self.min_face_size = int(min_face_size)
+        self.tracker = FaceTracker(iou_threshold, max_age_s, max_age_frames, smoothing) if tracking else None
+        self.last_timings = {"detect": 0.0, "classify": 0.0, "track": 0.0, "total": 0.0}
+        self.frames = 0
+
+    @property
+    def tracking(self) -> bool:
+        return self.tracker is not None
+
+    def reset(self) -> None:
+        """Forget tracks (e.g. a new video); face ids keep counting up."""
+        if self.tracker:
+            self.tracker.reset()
+
+    def select(self, boxes: np.ndarray) -> np.ndarray:
+        """Drop too-small faces, keep the `max_faces` largest, return them left to right."""
+        if len(boxes) == 0:
+            return boxes
+        boxes = boxes[np.minimum(boxes[:, 2], boxes[:, 3]) >= self.min_face_size]
+        if self.max_faces is not None and len(boxes) > self.max_faces:
+            boxes = boxes[np.argsort(-boxes[:, 2] * boxes[:, 3], kind="stable")[: self.max_faces]]
+        return boxes[np.argsort(boxes[:, 0], kind="stable")]
+
+    def process(self, frame, stamp=None) -> list[FaceResult]:
+        """Faces and expressions in one frame. `stamp`: seconds or a ROS Time (for tracking)."""
+        if frame is None:
+            raise ValueError("empty frame: got None (camera not ready or file not readable?)")
+        frame = np.asarray(frame)
+        if frame.size == 0 or frame.ndim not in (2, 3):
+            raise ValueError(f"empty or malformed frame of shape {frame.shape}: expected HxW, HxWx3 or HxWx4 uint8")
+        t0 = time.perf_counter()
+        boxes = self.select(np.asarray(self.detector.detect(frame), np.float32).reshape(-1, 5))
+        t1 = time.perf_counter()
+        faces = crop_faces(frame, boxes[:, :4], self.margin)
+        probs = self.classifier.predict(faces)
+        t2 = time.perf_counter()
+        if self.tracker is not None:
+            ids, scores = self.tracker.update(boxes[:, :4], probs, stamp_seconds(stamp))
+            scores = scores.astype(np.float32)
+        else:
+            ids, scores = np.arange(1, len(boxes) + 1), probs
+        t3 = time.perf_counter()
+        results = []
+        for i in range(len(boxes)):
+            s = scores[i]
+            k = int(np.argmax(s))
+            x, y, w, h = (int(round(float(v))) for v in boxes[i, :4])
+            results.append(FaceResult(int(ids[i]), (x, y, w, h), LABELS[k], float(s[k]), s.copy(),
+                                      float(boxes[i, 4])))
+        self.frames += 1
+        self.last_timings = {"detect": (t1 - t0) * 1e3, "classify": (t2 - t1) * 1e3,
+                             "track": (t3 - t2) * 1e3, "total": (time.perf_counter() - t0) * 1e3,
+                             "faces": len(results)}
+        return results

@@ -1,0 +1,141 @@
+"""Face tracking: stable ids across frames and per-track smoothing of expression scores.
+
+Association is greedy by box overlap (IoU, best pairs first): with the handful of faces a
+therapy scene has, it gives the same answer as the Hungarian method at a fraction of the
+code. A track that has not been matched for `max_age_s` seconds of stamps (or `max_age_frames`
+frames when no stamps are given) is dropped; ids are never reused, so a child who leaves and
+comes back gets a new id rather than someone else's history.
+
+Scores are smoothed per track with an exponential moving average,
+    s_t = smoothing * s_{t-1} + (1 - smoothing) * p_t,
+so a one-frame flicker does not flip the label; smoothing=0 gives the raw per-frame scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between every (x, y, w, h) row of `a` [A, >=4] and of `b` [B, >=4] -> [A, B]."""
+    a = np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1] if np.size(a) else 4)[:, :4]
+    b = np.asarray(b, np.float64).reshape(-1, np.shape(b)[-1] if np.size(b) else 4)[:, :4]
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
+    ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    inter = iw * ih
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+@dataclass
+class Track:
+    face_id: int
+    box: np.ndarray  # (x, y, w, h) float, last matched detection
+    scores: np.ndarray | None  # smoothed scores [7] (None until the first classification)
+    last_seen: float  # stamp (s) of the last match, or the frame counter without stamps
+    last_frame: int
+    hits: int = 1
+    first_seen: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class FaceTracker:
+    """Assign stable ids to per-frame face boxes and smooth their scores.
+
+    iou_threshold: minimum overlap for a detection to continue a track.
+    max_age_s: drop a track not seen for this many seconds (when stamps are given).
+    max_age_frames: the same in frames, used when `update` gets no stamp.
+    smoothing: EMA weight of the past in [0, 1); 0 = off (raw scores).
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_age_s: float = 1.0, max_age_frames: int = 30,
+                 smoothing: float = 0.6):
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if max_age_s < 0 or max_age_frames < 0:
+            raise ValueError("max_age_s and max_age_frames must be >= 0")
+        self.iou_threshold = float(iou_threshold)
+        self.max_age_s = float(max_age_s)
+        self.max_age_frames = int(max_age_frames)
+        self.smoothing = float(smoothing)
+        self.tracks: list[Track] = []
+        self.next_id = 1
+        self.frame = 0
+        self._last_stamp: float | None = None
+
+    def reset(self) -> None:
+        """Forget all tracks (ids keep counting up: an id is never given twice)."""
+        self.tracks = []
+        self._last_stamp = None
+
+    def _expired(self, track: Track, stamp: float | None) -> bool:
+        if stamp is not None and track.extra.get("stamped", False):
+            return stamp - track.last_seen > self.max_age_s
+        return self.frame - track.last_frame > self.max_age_frames
+
+    def update(self, boxes, scores=None, stamp: float | None = None):
+        """Match this frame's boxes [K, >=4] (and scores [K, 7]) to tracks.
+
+        Returns (ids [K] int, smoothed scores [K, 7] or None), in the order of `boxes`.
+        """
+        boxes = np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)
+        k = len(boxes)
+        if scores is not None:
+            scores = np.asarray(scores, np.float64).reshape(k, -1)
+        self.frame += 1
+        if stamp is not None:
+            stamp = float(stamp)
+            if self._last_stamp is not None and stamp < self._last_stamp - 1e-6:
+                # Time went backwards (a bag restarted, a clock jump): old tracks are stale.
+                log.info("stamp went back from %.3f to %.3f s: resetting face tracks", self._last_stamp, stamp)
+                self.reset()
+            self._last_stamp = stamp
+        self.tracks = [t for t in self.tracks if not self._expired(t, stamp)]
+
+        ids = np.zeros(k, np.int64)
+        iou = iou_matrix([t.box for t in self.tracks], boxes) if self.tracks else np.zeros((0, k))
+        matched_t, matched_d = set(), set()
+        if iou.size:
+            for flat in np.argsort(-iou, axis=None):
+                ti, di = np.unravel_index(flat, iou.shape)
+                if iou[ti, di] < self.iou_threshold:
+                    break
+                if ti in matched_t or di in matched_d:
+                    continue
+                matched_t.add(ti)
+                matched_d.add(di)
+                ids[di] = -1 - ti  # temporarily: which track
+
+        out_scores = None if scores is None else np.empty_like(scores)
+        when = stamp if stamp is not None else float(self.frame)
+        for di in range(k):
+            if ids[di] < 0:
+                track = self.tracks[-1 - ids[di]]
+                track.box = boxes[di, :4].copy()
+                track.last_seen, track.last_frame = when, self.frame
+                track.hits += 1
+            else:
+                track = Track(self.next_id, boxes[di, :4].copy(), None, when, self.frame, first_seen=when)
+                self.next_id += 1
+                self.tracks.append(track)
+            track.extra["stamped"] = stamp is not None
+            ids[di] = track.face_id
+            if scores is not None:
+                p = scores[di]
+                if track.scores is None or self.smoothing == 0.0:
+                    track.scores = p.copy()
+                else:
+                    track.scores = self.smoothing * track.scores + (1.0 - self.smoothing) * p
+                out_scores[di] = track.scores
+        return ids, out_scores
