@@ -242,7 +242,10 @@ class TherapyNode(Node):
         with self._lock:
             try:
                 self.session.close(self._now(), "shutdown")
-                self._flush()
+                if self.context.ok():
+                    self._flush()
+                else:  # Ctrl-C already shut ROS down: nothing can be published any more
+                    self.session.drain()
             except Exception as exc:  # context already shut down: the events file is complete anyway
                 print(f"therapy_node: closing the session: {exc}", file=sys.stderr)
         return super().destroy_node()
