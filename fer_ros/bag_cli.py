@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import threading
@@ -55,7 +56,7 @@ class _Ros:
 
         self.owned = not rclpy.ok()
         if self.owned:
-            rclpy.init()
+            rclpy.init(args=[sys.argv[0] if sys.argv else "fer-ros"])  # never read our own CLI args as ROS args
         return self
 
     def __exit__(self, *exc):
@@ -107,18 +108,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def make_expression_node(params: dict):
-    """The expression node in this process with parameter overrides (the same class `ros2 run` starts)."""
-    from rclpy.parameter import Parameter
+def make_expression_node(params: dict, subscribe: bool = True):
+    """The expression node in this process with parameter overrides (the same class `ros2 run` starts).
 
+    subscribe=False: no image subscription or worker thread; frames go in through process_sync.
+    """
     from fer_ros.expression_node import ExpressionNode
 
-    return ExpressionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        return ExpressionNode(params=params, subscribe=subscribe)
+    except (ValueError, TypeError, FileNotFoundError) as exc:  # bad parameter value or model path
+        raise BagError(f"cannot start the expression node with {params}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. rclpy's ParameterNotDeclared/InvalidParameterValue
+        raise BagError(f"cannot start the expression node with {params}: {type(exc).__name__}: {exc}") from None
 
 
 def process_sync(node, image_msg):
-    """Run one sensor_msgs/Image through the node now and return its FaceExpressionArray."""
-    return node.process_image(image_msg)
+    """Run one sensor_msgs/Image through the node now; its FaceExpressionArray (None if malformed)."""
+    return node.process_image(image_msg, publish=False)
 
 
 # ------------------------------------------------------------------------ replay
@@ -151,25 +158,33 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
         n_images = src.counts.get(image_topic, 0)
         if n_images == 0:
             raise BagError(f"{bag_path}: {image_topic} has no messages")
-        frames = []  # (log_time, raw image bytes); labels keyed by the original image stamp
-        labels = {}
-        for m in src.messages([image_topic, bags.GROUND_TRUTH_TOPIC], raw=True):
-            if m.topic == image_topic:
-                if max_frames is None or len(frames) < max_frames:
-                    frames.append((m.log_time, m.msg))
-            else:
-                labels[m.log_time] = bags.typestore().deserialize_cdr(m.msg, bags.STRING_TYPE).data
+        # labels first (small), keyed by the original image stamp; images are streamed later
+        labels = {m.log_time: m.msg.data for m in src.messages([bags.GROUND_TRUTH_TOPIC])} if has_gt else {}
         storage = storage or src.storage
         source_info = src.info
+    recommended = _recommended_params(source_info)
+    for k, v in recommended.items():
+        if k not in params:
+            params[k] = v
+            log(f"using {k}={v!r} recommended by {bag_path} (override with -p {k}:=...)")
     if not has_gt:
         log(f"note: {bag_path} has no {bags.GROUND_TRUTH_TOPIC}; outputs are written, but evaluation needs labels")
 
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
 
+    def frames():
+        """(log_time, raw image) streamed from the bag: long bags never sit in memory."""
+        with bags.BagReader(bag_path) as src:
+            for i, m in enumerate(src.messages([image_topic], raw=True)):
+                if i >= n_frames:
+                    return
+                yield m.log_time, m.msg
+
     out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
     lock = threading.Lock()
-    summary = {"bag": str(out_path), "source": str(bag_path), "frames_in": len(frames), "outputs": 0,
+    n_frames = n_images if max_frames is None else min(n_images, max_frames)
+    summary = {"bag": str(out_path), "source": str(bag_path), "frames_in": n_frames, "outputs": 0,
                "labelled": 0, "mode": "fast" if rate is None else f"rate {rate:g}"}
     try:
         out.add_topic(bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE)
@@ -180,7 +195,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
             out.add_topic(image_topic, bags.IMAGE_TYPE)
         out.set_info("replay_of", str(bag_path))
         out.set_info("replay_mode", summary["mode"])
-        out.set_info("node_parameters", repr(params))
+        out.set_info("node_parameters", json.dumps(params))
         if "source" in source_info:
             out.set_info("source", source_info["source"])
 
@@ -210,11 +225,11 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
 
         with _Ros():
             if rate is None:
-                node = make_expression_node(params)
+                node = make_expression_node(params, subscribe=False)
                 try:
                     summary["node"] = _node_description(node)
                     start = time.perf_counter()
-                    for _, raw in frames:
+                    for _, raw in frames():
                         msg, orig, t_pub = restamp(raw)
                         result = process_sync(node, msg)
                         t_recv = time.time_ns()
@@ -225,7 +240,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 finally:
                     node.destroy_node()
             else:
-                _replay_realtime(frames, rate, params, external, image_topic, extra_topics, out, lock,
+                _replay_realtime(frames(), rate, params, external, image_topic, extra_topics, out, lock,
                                  restamp, write_input, write_output, summary, log)
     finally:
         out.close()
@@ -233,16 +248,18 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
     return summary
 
 
+def _recommended_params(info: dict) -> dict:
+    """Node parameters a bag asks for (from-dataset bags: whole-image detector, no smoothing)."""
+
+    try:
+        return dict(json.loads(info.get("replay_params", "{}")))
+    except (ValueError, TypeError):
+        return {}
+
+
 def _node_description(node) -> dict:
     """Model and backend of the in-process node, for the report (best effort: attributes may differ)."""
-    out = {}
-    pipeline = getattr(node, "pipeline", None)
-    classifier = getattr(pipeline, "classifier", None)
-    for key, obj, attr in (("backend", classifier, "backend"), ("model", classifier, "model_path")):
-        value = getattr(obj, attr, None)
-        if value is not None:
-            out[key] = str(value)
-    return out
+    return {"backend": str(getattr(node, "backend", "unknown")), "model": str(getattr(node, "model_path", "unknown"))}
 
 
 def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, out, lock, restamp,
@@ -292,8 +309,9 @@ def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, 
             subs.append(_record_subscription(player, topic, out, lock))
         time.sleep(0.3)  # let the new subscriptions match before the first frame
         start = time.perf_counter()
-        t0_bag = frames[0][0]
+        t0_bag = None
         for log_time, raw in frames:
+            t0_bag = log_time if t0_bag is None else t0_bag
             due = start + (log_time - t0_bag) / 1e9 / rate
             delay = due - time.perf_counter()
             if delay > 0:
@@ -489,23 +507,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, help="folder for evaluation.json/.md and confusion_matrix.png "
                    "(default: <bag>_eval)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the markdown summary")
+    p.add_argument("--no-labels", action="store_true",
+                   help="bag without ground truth (e.g. a live recording): rate, faces found and latency only")
 
     p = sub.add_parser("info", help="topics, counts and provenance of a bag")
     p.add_argument("bag", type=Path)
 
 
-def _print_evaluation(bag_path, report_dir, as_json: bool = False) -> dict:
-    import json
-
+def _print_evaluation(bag_path, report_dir, as_json: bool = False, labels: bool = True) -> dict:
     from fer_ros import evaluation
 
-    result = evaluation.evaluate_bag(bag_path)
+    result = evaluation.evaluate_bag(bag_path) if labels else evaluation.evaluate_bag_outputs(bag_path)
     paths = evaluation.write_report(result, report_dir)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         print(evaluation.markdown(result), end="")
-        print(f"\nreport: {paths['markdown']}  {paths['json']}  {paths['png']}")
+        print("\nreport: " + "  ".join(paths.values()))
     return result
 
 
@@ -556,10 +574,10 @@ def _run(args) -> int:
         print(f"wrote {s['bag']}: {s['outputs']} outputs for {s['frames_in']} frames ({s['mode']}{fps}), "
               f"{s['labelled']} labels")
         if args.evaluate:
-            _print_evaluation(out, args.evaluate)
+            _print_evaluation(out, args.evaluate, labels=s["labelled"] > 0)
     elif cmd == "evaluate":
         report = args.report or Path(f"{str(args.bag).rstrip('/')}_eval")
-        _print_evaluation(args.bag, report, args.json)
+        _print_evaluation(args.bag, report, args.json, labels=not args.no_labels)
     elif cmd == "info":
         with bags.BagReader(args.bag) as bag:
             span = (bag.end_time - bag.start_time) / 1e9 if bag.counts else 0.0

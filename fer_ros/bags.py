@@ -329,7 +329,8 @@ class BagReader:
     @property
     def info(self) -> dict[str, str]:
         """Provenance written by BagWriter.set_info (metadata.yaml custom_data, fer_ros.* keys)."""
-        custom = getattr(self._reader.metadata, "custom", None) or {}
+        meta = getattr(getattr(self._reader, "storage", None), "metadata", None)
+        custom = getattr(meta, "custom", None) or {}
         return {k.removeprefix("fer_ros."): v for k, v in custom.items() if k.startswith("fer_ros.")}
 
     def describe(self) -> str:
@@ -463,6 +464,14 @@ def parse_label(text: str, where: str = "") -> str:
     return text
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def read_labels(path) -> LabelTrack:
     path = Path(path)
     if not path.is_file():
@@ -473,6 +482,8 @@ def read_labels(path) -> LabelTrack:
     for n, row in enumerate(rows, 1):
         row = [c.strip() for c in row]
         where = f"{path}, row {n}: "
+        if n == 1 and not _is_number(row[0]):
+            continue  # header row
         try:
             if len(row) == 3:
                 start, end = float(row[0]), float(row[1])
@@ -484,8 +495,6 @@ def read_labels(path) -> LabelTrack:
             else:
                 raise BagError(f"{where}expected start_s,end_s,label or frame,label, got {len(row)} columns")
         except ValueError:
-            if n == 1:  # header row
-                continue
             raise BagError(f"{where}cannot parse {','.join(row)!r} (numbers expected before the label)") from None
     if not ranges and not frames:
         raise BagError(f"label file {path} has no label rows")
@@ -593,10 +602,20 @@ def load_fer2013(npz, split: str = "PublicTest") -> tuple[np.ndarray, np.ndarray
     return images, labels[idx].astype(np.int64)
 
 
+#: Expression-node settings for bags of pre-cropped, unrelated faces (datasets): the whole image
+#: is the face, and no temporal smoothing (consecutive images are different people).
+CROPPED_FACES_PARAMS = {"detector": "whole", "smoothing": 0.0}
+
+
 def images_to_bag(images, labels, out, fps: float = 30.0, encoding: str = "mono8", storage: str = "mcap",
                   frame_id: str = "camera", start_ns: int | None = None, overwrite: bool = False,
-                  source: str = "") -> dict:
-    """Gray images [N,H,W] + label indices -> bag: one Image and one label per frame at `fps`."""
+                  source: str = "", replay_params: dict | None = CROPPED_FACES_PARAMS) -> dict:
+    """Gray images [N,H,W] + label indices -> bag: one Image and one label per frame at `fps`.
+
+    `replay_params` are stored in the bag; `fer-ros bag replay` applies them unless overridden.
+    """
+    import json
+
     import cv2
 
     if len(images) != len(labels):
@@ -608,6 +627,8 @@ def images_to_bag(images, labels, out, fps: float = 30.0, encoding: str = "mono8
         bag.add_topic(GROUND_TRUTH_TOPIC, STRING_TYPE)
         if source:
             bag.set_info("source", source)
+        if replay_params:
+            bag.set_info("replay_params", json.dumps(replay_params))
         for i, (img, lab) in enumerate(zip(images, labels)):
             t = t0 + round(i * period)
             if encoding == "bgr8" and img.ndim == 2:

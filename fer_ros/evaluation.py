@@ -89,16 +89,9 @@ def evaluate(ground_truth: dict[int, str], outputs: list[Output], frames_in: int
     cm = confusion_matrix(true, pred)
     classes = per_class(cm)
     correct = int(np.trace(cm))
-    latencies = np.array([(o.receipt - o.stamp) / 1e6 for o in by_stamp.values()], np.float64)
-    span = (max(o.receipt for o in by_stamp.values()) - min(o.stamp for o in by_stamp.values())) / 1e9 \
-        if by_stamp else 0.0
     labelled = len(ground_truth)
-    frames_in = frames_in if frames_in is not None else max(labelled, len(by_stamp))
-    return {
-        "frames_in": int(frames_in),
-        "frames_out": len(by_stamp),
-        "processed_fraction": len(by_stamp) / frames_in if frames_in else 0.0,
-        "processed_fps": (len(by_stamp) / span) if span > 0 else None,
+    result = runtime_metrics(outputs, frames_in if frames_in is not None else max(labelled, len(by_stamp)))
+    result.update({
         "labelled_frames": labelled,
         "labelled_processed": processed,
         "labelled_detected": detected,
@@ -110,6 +103,26 @@ def evaluate(ground_truth: dict[int, str], outputs: list[Output], frames_in: int
         "per_class": classes,
         "confusion_matrix": cm.tolist(),
         "labels": list(LABELS),
+    })
+    return result
+
+
+def runtime_metrics(outputs: list[Output], frames_in: int | None = None) -> dict:
+    """What needs no labels: processed frames and rate, faces found, end-to-end latency."""
+    by_stamp: dict[int, Output] = {}
+    for out in outputs:
+        by_stamp.setdefault(out.stamp, out)
+    outs = list(by_stamp.values())
+    frames_in = len(outs) if frames_in is None else int(frames_in)
+    latencies = np.array([(o.receipt - o.stamp) / 1e6 for o in outs], np.float64)
+    span = (max(o.receipt for o in outs) - min(o.stamp for o in outs)) / 1e9 if outs else 0.0
+    return {
+        "frames_in": frames_in,
+        "frames_out": len(outs),
+        "processed_fraction": len(outs) / frames_in if frames_in else 0.0,
+        "processed_fps": (len(outs) / span) if span > 0 else None,
+        "frames_with_face": float(np.mean([bool(o.expressions) for o in outs])) if outs else 0.0,
+        "faces_per_frame": float(np.mean([len(o.expressions) for o in outs])) if outs else 0.0,
         "latency_ms": {
             "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
             "mean": float(latencies.mean()) if len(latencies) else None,
@@ -118,7 +131,7 @@ def evaluate(ground_truth: dict[int, str], outputs: list[Output], frames_in: int
     }
 
 
-def load_bag(path, expressions_topic=None, ground_truth_topic=None):
+def load_bag(path, expressions_topic=None, ground_truth_topic=None, labels_required: bool = True):
     """(ground_truth {stamp: label}, [Output], frames_in or None) from a replay/recorded bag."""
     from fer_ros import bags
 
@@ -127,8 +140,10 @@ def load_bag(path, expressions_topic=None, ground_truth_topic=None):
     with bags.BagReader(path) as bag:
         bag.require(expressions_topic, bags.EXPRESSIONS_TYPE,
                     hint=" (expression outputs): make one with `fer-ros bag replay`")
-        bag.require(ground_truth_topic, bags.STRING_TYPE,
-                    hint=" (ground truth): add labels with `fer-ros bag from-video --labels` or `fer-ros bag label`")
+        if labels_required:
+            bag.require(ground_truth_topic, bags.STRING_TYPE,
+                        hint=" (ground truth): add labels with `fer-ros bag from-video --labels` or "
+                             "`fer-ros bag label`, or evaluate without labels (--no-labels)")
         frames_topic = next((t for t in (bags.FRAMES_TOPIC, bags.IMAGE_TOPIC) if t in bag.topics), None)
         frames_in = bag.counts.get(frames_topic) if frames_topic else None
         gt, outputs = {}, []
@@ -137,14 +152,23 @@ def load_bag(path, expressions_topic=None, ground_truth_topic=None):
                 gt[m.log_time] = bags.parse_label(m.msg.data, f"{ground_truth_topic} at t={m.log_time}: ")
             else:
                 outputs.append(output_from_msg(m.msg, m.log_time))
-    if not gt:
+    if labels_required and not gt:
         raise bags.BagError(f"{path}: {ground_truth_topic} has no labels")
     return gt, outputs, frames_in
 
 
 def evaluate_bag(path, **topics) -> dict:
+    """Accuracy, per-class scores, detection rate and runtime metrics of a replayed bag."""
     gt, outputs, frames_in = load_bag(path, **topics)
     result = evaluate(gt, outputs, frames_in)
+    result["bag"] = str(path)
+    return result
+
+
+def evaluate_bag_outputs(path, **topics) -> dict:
+    """Only the runtime metrics (no labels needed): rate, faces found, latency."""
+    _, outputs, frames_in = load_bag(path, labels_required=False, **topics)
+    result = runtime_metrics(outputs, frames_in)
     result["bag"] = str(path)
     return result
 
@@ -181,21 +205,25 @@ def _fmt(v, spec=".1f", scale=1.0):
 
 def markdown(result: dict) -> str:
     lat = result["latency_ms"]
-    lines = [
-        f"# Expression evaluation: {result.get('bag', '')}", "",
-        "| metric | value |", "|---|---|",
+    runtime = [
+        f"| frames processed | {result['frames_out']}/{result['frames_in']} "
+        f"({_fmt(result['processed_fraction'], '.1f', 100)} %) |",
+        f"| processed rate | {_fmt(result['processed_fps'])} frames/s |",
+        f"| frames with a face | {_fmt(result['frames_with_face'], '.1f', 100)} % "
+        f"({_fmt(result['faces_per_frame'], '.2f')} faces per frame) |",
+        f"| latency p50 / p95 / max | {_fmt(lat['p50'])} / {_fmt(lat['p95'])} / {_fmt(lat['max'])} ms |",
+    ]
+    head = [f"# Expression evaluation: {result.get('bag', '')}", "", "| metric | value |", "|---|---|"]
+    if "per_class" not in result:
+        return "\n".join(head + runtime + ["", "(no ground truth: runtime metrics only)"]) + "\n"
+    lines = head + [
         f"| accuracy (faces found) | {_fmt(result['accuracy'], '.2f', 100)} % "
         f"({result['correct']}/{result['labelled_detected']}) |",
         f"| accuracy (all labelled frames) | {_fmt(result['accuracy_all_labelled'], '.2f', 100)} % |",
         f"| macro F1 | {_fmt(result['macro_f1'], '.3f')} |",
         f"| detection rate | {_fmt(result['detection_rate'], '.2f', 100)} % "
         f"({result['labelled_detected']}/{result['labelled_processed']} labelled frames processed) |",
-        f"| frames processed | {result['frames_out']}/{result['frames_in']} "
-        f"({_fmt(result['processed_fraction'], '.1f', 100)} %) |",
-        f"| processed rate | {_fmt(result['processed_fps'])} frames/s |",
-        f"| latency p50 / p95 / max | {_fmt(lat['p50'])} / {_fmt(lat['p95'])} / {_fmt(lat['max'])} ms |",
-        "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
-    ]
+    ] + runtime + ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, c in result["per_class"].items():
         lines.append(f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
     lines += ["", "Confusion matrix (rows true, columns predicted): " + " ".join(LABELS), ""]
@@ -209,10 +237,11 @@ def write_report(result: dict, out_dir) -> dict:
     """evaluation.json, evaluation.md and confusion_matrix.png in out_dir; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md",
-             "png": out_dir / "confusion_matrix.png"}
-    plot_confusion(result["confusion_matrix"], paths["png"])
-    result = dict(result, confusion_png=str(paths["png"]))
+    paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md"}
+    if "confusion_matrix" in result:
+        paths["png"] = out_dir / "confusion_matrix.png"
+        plot_confusion(result["confusion_matrix"], paths["png"])
+        result = dict(result, confusion_png=str(paths["png"]))
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     paths["markdown"].write_text(markdown(result))
     return {k: str(v) for k, v in paths.items()}

@@ -1,0 +1,227 @@
+"""Video -> bag -> replay through the expression node -> evaluate, on the real media.
+
+- fast (in-process) replay of single_face.mp4 with CSV labels: every frame processed, the
+  face found, and the evaluation equals a direct computation with the same pipeline;
+- real publish/subscribe replay: outputs carry the published stamps, labels follow them,
+  latencies are positive;
+- FER-2013 PublicTest as a bag through the node ("whole" detector) scores the same as the
+  classifier called directly (a few hundred images here; all 3589 in the slow test);
+- the `fer-ros bag` command line end to end, report files included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
+pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
+
+from fer_ros import LABELS, bag_cli, bags, evaluation  # noqa: E402
+
+from conftest import REPO, need_shared  # noqa: E402
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))  # keep parallel runs apart
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+T0 = 1_750_000_000_000_000_000
+CSV = "start_s,end_s,label\n0.0,1.0,happy\n1.0,1.8,neutral\n70,surprise\n"  # frames 54-69, 71 unlabelled
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    """The shipped model when present; else a small deterministic ONNX with the same interface
+    ([N,1,48,48] -> logits [N,7]) whose predictions differ from image to image."""
+    from fer_ros.classifier import default_model_path
+
+    if default_model_path().is_file():
+        return str(default_model_path())
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(6).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "tiny_fer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 48, 48])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])], [numpy_helper.from_array(w, "w")])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx_model.ir_version = 8
+    path = tmp_path_factory.mktemp("model") / "tiny_fer.onnx"
+    onnx.save(onnx_model, str(path))
+    return str(path)
+
+
+def _node_params(model, **extra):
+    return {"model_path": model, "backend": "onnxruntime", **extra}
+
+
+def _direct(video: Path, labels: bags.LabelTrack, params: dict):
+    """The same pipeline called directly on the decoded frames: {frame: (label, predicted or None)}."""
+    from fer_ros.expression_node import PARAMS, build_pipeline
+
+    p = {q.name: q.default for q in PARAMS}
+    p.update(params)
+    pipeline = build_pipeline(p)
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    out, i = {}, 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        results = pipeline.process(frame, stamp=i / fps)
+        subject = max(results, key=lambda r: r.box[2] * r.box[3]).expression if results else None
+        out[i] = (labels.label(i, i / fps), subject)
+        i += 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def video_bag(tmp_path_factory):
+    media = need_shared("media")
+    tmp = tmp_path_factory.mktemp("video")
+    (tmp / "labels.csv").write_text(CSV)
+    bags.video_to_bag(media / "single_face.mp4", tmp / "in", labels=tmp / "labels.csv", start_ns=T0)
+    return media / "single_face.mp4", tmp / "in", bags.read_labels(tmp / "labels.csv")
+
+
+def test_fast_replay_matches_direct_pipeline(video_bag, model, tmp_path):
+    video, bag, labels = video_bag
+    params = _node_params(model)
+    summary = bag_cli.replay(bag, tmp_path / "out", rate=None, params=params, log=lambda *_: None)
+    assert summary["frames_in"] == summary["outputs"] == 72
+    result = evaluation.evaluate_bag(tmp_path / "out")
+
+    direct = _direct(video, labels, params)
+    scored = [(t, p) for t, p in direct.values() if t is not None]
+    assert len(scored) == 55  # frames 0-53 and 70 by the CSV
+    found = [(t, p) for t, p in scored if p is not None]
+    correct = sum(t == p for t, p in found)
+    assert result["labelled_frames"] == result["labelled_processed"] == 55
+    assert result["labelled_detected"] == len(found)
+    assert result["detection_rate"] == pytest.approx(len(found) / 55)
+    assert result["detection_rate"] >= 0.9  # one clearly visible face throughout
+    assert result["correct"] == correct
+    assert result["accuracy"] == pytest.approx(correct / len(found))
+    cm = np.zeros((7, 7), int)
+    for t, p in found:
+        cm[LABELS.index(t), LABELS.index(p)] += 1
+    assert result["confusion_matrix"] == cm.tolist()
+    for k, label in enumerate(LABELS):
+        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
+        assert result["per_class"][label]["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+        assert result["per_class"][label]["recall"] == pytest.approx(tp / (tp + fn) if tp + fn else 0.0)
+    assert result["frames_in"] == result["frames_out"] == 72
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] < 5000
+
+    # frame by frame: the replayed output of frame i is the direct pipeline's prediction
+    msgs = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC, bags.FRAMES_TOPIC])
+    frame_stamps = [bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC]
+    outputs = {bags.stamp_to_ns(m.msg.header.stamp): m.msg for m in msgs if m.topic == bags.EXPRESSIONS_TOPIC}
+    assert len(frame_stamps) == 72 and set(outputs) == set(frame_stamps)
+    for i, stamp in enumerate(frame_stamps):
+        faces = outputs[stamp].faces
+        got = max(faces, key=lambda f: f.box.width * f.box.height).expression if len(faces) else None
+        assert got == direct[i][1], i
+        assert (outputs[stamp].image_width, outputs[stamp].image_height) == (640, 360)
+
+
+def test_realtime_replay_pub_sub(video_bag, model, tmp_path):
+    """Recorded speed x2 over real topics: stamps, labels and latency line up."""
+    _, bag, _ = video_bag
+    summary = bag_cli.replay(bag, tmp_path / "out", rate=2.0, params=_node_params(model), log=lambda *_: None,
+                             max_frames=40, keep_images=True)
+    assert summary["frames_in"] == 40
+    assert summary["outputs"] >= 10  # the node keeps only the newest frame, some may be dropped
+    msgs = bags.read_bag(tmp_path / "out")
+    published = {bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC}
+    images = {bags.stamp_to_ns(m.msg.header.stamp) for m in msgs if m.topic == bags.IMAGE_TOPIC}
+    gts = {m.log_time: m.msg.data for m in msgs if m.topic == bags.GROUND_TRUTH_TOPIC}
+    outs = [m for m in msgs if m.topic == bags.EXPRESSIONS_TOPIC]
+    assert len(published) == 40 and images == published
+    assert set(gts) == published  # frames 0-29 (0-1 s) happy, 30-39 neutral, moved to the new stamps
+    assert [gts[t] for t in sorted(gts)] == ["happy"] * 30 + ["neutral"] * 10
+    for m in outs:
+        stamp = bags.stamp_to_ns(m.msg.header.stamp)
+        assert stamp in published
+        assert 0 < m.log_time - stamp < 5e9
+    # published roughly on the 2x schedule: 40 frames at 30 fps / 2 span ~0.65 s
+    ordered = sorted(published)
+    assert 0.4 < (ordered[-1] - ordered[0]) / 1e9 < 3.0
+    result = evaluation.evaluate_bag(tmp_path / "out")
+    assert result["frames_in"] == 40 and result["frames_out"] == len(outs)
+    assert result["latency_ms"]["p50"] > 0
+
+
+def _fer_agreement(model, tmp_path, limit):
+    shared = need_shared()
+    npz = shared / "data" / "fer2013.npz"
+    if not npz.exists():
+        pytest.skip(f"{npz} missing")
+    from fer_ros.classifier import ExpressionClassifier
+
+    images, labels = bags.load_fer2013(npz, "PublicTest")
+    images, labels = images[:limit], labels[:limit]
+    direct = ExpressionClassifier(model, backend="onnxruntime").predict(images).argmax(axis=1)
+    direct_acc = float(np.mean(direct == labels))
+
+    bags.dataset_to_bag(npz, tmp_path / "fer", limit=limit, start_ns=T0)
+    # the bag's recommended settings (whole-image detector, no smoothing) are applied by replay
+    bag_cli.replay(tmp_path / "fer", tmp_path / "out", rate=None, params=_node_params(model), log=lambda *_: None)
+    result = evaluation.evaluate_bag(tmp_path / "out")
+    assert result["labelled_frames"] == result["labelled_detected"] == limit
+    assert result["detection_rate"] == 1.0
+    assert abs(result["accuracy"] - direct_acc) <= 0.001  # within 0.1 percentage point
+    # and image by image, in bag order
+    msgs = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
+    replayed = np.array([LABELS.index(m.msg.faces[0].expression) for m in msgs])
+    assert np.mean(replayed == direct) >= 0.999
+    assert len(set(replayed.tolist())) > 1  # a model that says the same thing for every face proves nothing
+    return result, direct_acc
+
+
+def test_fer2013_bag_agrees_with_classifier(model, tmp_path):
+    _fer_agreement(model, tmp_path, 300)
+
+
+@pytest.mark.slow
+def test_fer2013_publictest_full_agreement(model, tmp_path):
+    result, direct_acc = _fer_agreement(model, tmp_path, 3589)
+    print(f"FER-2013 PublicTest: bag replay {100 * result['accuracy']:.2f} %, direct {100 * direct_acc:.2f} %")
+
+
+def test_cli_round_trip_with_report(model, tmp_path, media):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "fer_ros.cli", "bag", *map(str, args)], capture_output=True,
+                              text=True, timeout=300, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    (tmp_path / "l.csv").write_text("frame,label\n" + "".join(f"{i},sad\n" for i in range(0, 72, 3)))
+    out = cli("from-video", media / "single_face.mp4", "--labels", "l.csv", "--storage", "sqlite3",
+              "--max-frames", "36")
+    assert "36 frames" in out and "12 labelled" in out
+    out = cli("replay", "single_face_bag", "--fast", "-p", f"model_path:={model}", "-p", "backend:=onnxruntime")
+    assert "36 outputs for 36 frames" in out
+    assert (tmp_path / "single_face_bag_replay" / "metadata.yaml").exists()
+    assert next((tmp_path / "single_face_bag_replay").glob("*.db3"))  # storage follows the input
+    out = cli("evaluate", "single_face_bag_replay", "--report", "rep")
+    report = json.loads((tmp_path / "rep" / "evaluation.json").read_text())
+    direct = evaluation.evaluate_bag(tmp_path / "single_face_bag_replay")
+    for key in ("accuracy", "detection_rate", "labelled_frames", "correct", "confusion_matrix", "frames_in"):
+        assert report[key] == direct[key], key
+    assert report["labelled_frames"] == 12
+    assert f"{100 * direct['accuracy']:.2f} %" in out
+    assert (tmp_path / "rep" / "confusion_matrix.png").stat().st_size > 5000
+    assert "| sad |" in (tmp_path / "rep" / "evaluation.md").read_text()
+    out = cli("evaluate", "single_face_bag_replay", "--no-labels", "--report", "rep2", "--json")
+    assert json.loads(out)["frames_out"] == 36
