@@ -109,11 +109,56 @@ class HaarDetector:
             minSize=(min_side, min_side), maxSize=(max_side, max_side) if max_side else (0, 0))
         if len(boxes) == 0:
             return EMPTY.copy()
+        return self._rows(boxes, neighbours, f, 0, 0)
+
+    def _rows(self, boxes, neighbours, f: float, x0: int, y0: int) -> np.ndarray:
         out = np.empty((len(boxes), 5), np.float32)
         out[:, :4] = np.asarray(boxes, np.float32) * f
+        out[:, 0] += x0
+        out[:, 1] += y0
         n = np.asarray(neighbours, np.float32).reshape(-1)
         out[:, 4] = n / (n + max(self.min_neighbors, 1))
         return out
+
+    def detect_near(self, frame, boxes, grow: float = 0.5, face_px: int = 48) -> np.ndarray:
+        """Re-detect faces only around known boxes [K, >=4] (the faces of the previous frame).
+
+        Each box is widened by `grow` of its size per side and shrunk so the face is about
+        `face_px` pixels, then searched for faces between 2/3 and 3/2 of its size. That is a
+        few thousand windows instead of the whole frame's pyramid: ~1 ms per face instead of
+        tens of ms, which is what lets the pipeline run Haar in real time between full scans.
+        """
+        gray = to_gray(_check_frame(frame))
+        height, width = gray.shape
+        found = []
+        for x, y, w, h in np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)[:, :4]:
+            side = max(w, h)
+            x0, y0 = max(0, int(x - grow * side)), max(0, int(y - grow * side))
+            x1, y1 = min(width, int(np.ceil(x + w + grow * side))), min(height, int(np.ceil(y + h + grow * side)))
+            if x1 - x0 < 24 or y1 - y0 < 24:
+                continue
+            roi = gray[y0:y1, x0:x1]
+            f = min(1.0, face_px / side)  # scale applied to the roi
+            if f < 1.0:
+                roi = cv2.resize(roi, (max(1, int(round(roi.shape[1] * f))), max(1, int(round(roi.shape[0] * f)))),
+                                 interpolation=cv2.INTER_AREA)
+            if self.equalize:
+                roi = cv2.equalizeHist(roi)
+            min_side = max(24, int(side * f / 1.5))
+            max_side = int(np.ceil(side * f * 1.5))
+            if min(roi.shape) < min_side or max_side < min_side:
+                continue
+            r, n = self.cascade.detectMultiScale2(roi, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                                                  minSize=(min_side, min_side), maxSize=(max_side, max_side))
+            if len(r):
+                found.append(self._rows(r, n, 1.0 / f, x0, y0))
+        if not found:
+            return EMPTY.copy()
+        out = nms(np.concatenate(found), 0.3)
+        keep = np.minimum(out[:, 2], out[:, 3]) >= self.min_size
+        if self.max_size:
+            keep &= np.maximum(out[:, 2], out[:, 3]) <= self.max_size
+        return out[keep]
 
 
 class YuNetDetector:
