@@ -165,8 +165,7 @@ class TherapyNode(Node):
     def _on_faces(self, msg: FaceExpressionArray) -> None:
         obs = Observation(self._now(), faces_from_msg(msg), int(msg.image_width), int(msg.image_height))
         with self._lock:
-            self.session.observe(obs)
-            self._flush()
+            self._flush(self.session.observe(obs))
 
     def _on_answer(self, msg: String) -> None:
         with self._lock:
@@ -197,8 +196,7 @@ class TherapyNode(Node):
 
     def tick(self) -> None:
         with self._lock:
-            self.session.tick(self._now())
-            self._flush()
+            self._flush(self.session.tick(self._now()))
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         changes = {p.name: p.value for p in params if p.name in _SESSION_NAMES}
@@ -214,9 +212,9 @@ class TherapyNode(Node):
         return SetParametersResult(successful=True)
 
     # -- outputs ------------------------------------------------------------------------
-    def _flush(self) -> None:
-        """Publish what the session produced (called with the lock held)."""
-        for out in self.session.drain():
+    def _flush(self, outputs=()) -> None:
+        """Publish `outputs` and whatever else the session produced (called with the lock held)."""
+        for out in list(outputs) + self.session.drain():
             if out.kind == "state":
                 self.pub_state.publish(state_to_msg(out.value, self.get_clock().now().to_msg()))
                 if out.value.stage == "done" and not self.finished:
