@@ -376,12 +376,12 @@ def record(out_path, topics=DEFAULT_RECORD_TOPICS, duration: float | None = None
     lock = threading.Lock()
     stop = stop or threading.Event()
     subscribed: dict[str, object] = {}
+    start = time.monotonic()
     try:
         with _Ros():
             node = rclpy.create_node("fer_bag_record")
             executor = SingleThreadedExecutor()
             executor.add_node(node)
-            start = time.monotonic()
             next_scan = 0.0
             try:
                 while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
