@@ -18,7 +18,6 @@ Malformed images are logged (throttled) and skipped; the node keeps running.
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 import time
@@ -42,35 +41,35 @@ PARAMS = [
           "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model) or 'whole' (the whole "
           "image is one face: for inputs that are already face crops).", read_only=True),
     Param("detector.model", "", "Path of the YuNet .onnx file (detector 'yunet').", read_only=True),
-    Param("detector.min_size", 30, "Smallest face side to detect, in image pixels.", range=(1, 4096),
-          read_only=True),
     Param("detector.downscale_width", 320, "Detect on a copy resized to this width (0: full resolution). "
           "Smaller is faster; faces must stay >= ~24 px there.", range=(0, 8192), read_only=True),
     Param("detector.scale_factor", 1.1, "Haar: image pyramid step (> 1; larger is faster, misses more).",
           range=(1.01, 2.0), read_only=True),
     Param("detector.min_neighbors", 5, "Haar: overlapping detections needed to accept a face (higher: "
-          "fewer false faces).", range=(0, 50), read_only=True),
+          "fewer false faces, more missed ones).", range=(0, 50), read_only=True),
     Param("detector.score_threshold", 0.6, "YuNet: minimum face score.", range=(0.0, 1.0), read_only=True),
-    Param("min_detection_score", 0.0, "Ignore detections scoring below this (Haar scores are >= 0.5).",
-          range=(0.0, 1.0), read_only=True),
+    Param("min_face_size", 30, "Ignore faces whose shorter side is below this many image pixels (a "
+          "48x48 crop of a smaller face carries little expression).", range=(1, 4096), read_only=True),
+    Param("max_faces", 20, "Classify at most this many faces per frame (the largest), all in one batch.",
+          range=(1, 1000), read_only=True),
     Param("backend", "auto", "Classifier backend: 'auto' (TensorRT on an NVIDIA GPU when available, else "
-          "ONNX Runtime), 'onnxruntime', 'tensorrt', 'cuda' or 'cpu'.", read_only=True),
-    Param("model_path", "", "Expression model (.onnx, input [N,1,48,48]); empty: the model shipped in "
-          "the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
-    Param("margin", 0.0, "Extra border around each face box before cropping, as a fraction of the box "
-          "side (the model was trained with the same value; change only with a matching model).",
-          range=(0.0, 1.0), read_only=True),
-    Param("min_confidence", 0.0, "Leave out faces whose top expression probability is below this "
-          "(0: report every detected face).", range=(0.0, 1.0), read_only=True),
-    Param("smoothing", 0.5, "Temporal smoothing of each tracked face's probabilities: exponential "
-          "moving average weight of the past (0: none, 0.9: very smooth, slower to react).",
+          "ONNX Runtime), 'onnxruntime', 'tensorrt' (falls back to onnxruntime on any engine problem) "
+          "or 'torch' (model_path is a training checkpoint).", read_only=True),
+    Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
+          "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
+    Param("margin", -1.0, "Widen each face box by this fraction per side before cropping; -1: the "
+          "margin the model was trained with (its model card), else 0.1.", range=(-1.0, 1.0), read_only=True),
+    Param("tracking", True, "Keep a stable face_id per person across frames (and smooth their scores); "
+          "false: ids are 1..N per frame, raw scores.", read_only=True),
+    Param("smoothing", 0.6, "Temporal smoothing of each tracked face's probabilities: weight of the past "
+          "in an exponential moving average (0: none; 0.9: very smooth, slower to react).",
           range=(0.0, 0.99), read_only=True),
-    Param("tracking.iou_threshold", 0.3, "Minimum box overlap (IoU) to keep a face's track id "
-          "from one frame to the next.", range=(0.0, 1.0), read_only=True),
-    Param("tracking.max_missed", 15, "Frames a face may be missed before its track id is dropped.",
-          range=(0, 10000), read_only=True),
-    Param("max_faces", 10, "Process at most this many faces per frame (the largest).", range=(1, 100),
-          read_only=True),
+    Param("tracking.iou_threshold", 0.3, "Minimum box overlap (IoU) for a face to keep its track id from "
+          "one frame to the next.", range=(0.01, 1.0), read_only=True),
+    Param("tracking.max_age_s", 1.0, "Seconds a face may be unseen before its id is retired (ids are "
+          "never reused).", range=(0.0, 3600.0), read_only=True),
+    Param("tracking.max_age_frames", 30, "The same in frames, used for images without a stamp.",
+          range=(0, 100000), read_only=True),
     Param("publish_annotated", True, "Publish faces/image_annotated (drawn only while somebody subscribes)."),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.1, 60.0),
           read_only=True),
@@ -78,30 +77,30 @@ PARAMS = [
     *qos_params("output_qos", "reliable", 10, "faces/expressions and faces/image_annotated"),
 ]
 
-# ROS parameter -> ExpressionPipeline keyword (see build_pipeline).
-_DETECTOR_KEYS = {"haar": ("min_size", "downscale_width", "scale_factor", "min_neighbors"),
-                  "default": ("min_size", "downscale_width", "scale_factor", "min_neighbors"),
-                  "yunet": ("model", "min_size", "downscale_width", "score_threshold"),
+# Detector parameters each detector takes (the others are ignored for it).
+_DETECTOR_KEYS = {"default": ("downscale_width", "scale_factor", "min_neighbors"),
+                  "haar": ("downscale_width", "scale_factor", "min_neighbors"),
+                  "yunet": ("model", "downscale_width", "score_threshold"),
                   "whole": ()}
 
 
 def build_pipeline(p: dict):
-    """ExpressionPipeline from the node's parameter values."""
+    """ExpressionPipeline from the node's parameter values (ValueError/FileNotFoundError when unusable)."""
     from .pipeline import ExpressionPipeline
 
     name = p["detector"]
     if name not in _DETECTOR_KEYS:
         raise ValueError(f"unknown detector {name!r}: use one of {', '.join(_DETECTOR_KEYS)}")
     det_params = {k: p[f"detector.{k}"] for k in _DETECTOR_KEYS[name]}
-    if name == "yunet" and not det_params.get("model"):
+    if name == "yunet" and not det_params["model"]:
         raise ValueError("detector 'yunet' needs detector.model (path of face_detection_yunet_*.onnx)")
-    wanted = dict(detector=name, detector_params=det_params, model_path=p["model_path"] or None,
-                  backend=p["backend"], margin=p["margin"], min_detection_score=p["min_detection_score"],
-                  min_confidence=p["min_confidence"], smoothing=p["smoothing"],
-                  iou_threshold=p["tracking.iou_threshold"], max_missed=p["tracking.max_missed"],
-                  max_faces=p["max_faces"])
-    accepted = inspect.signature(ExpressionPipeline).parameters
-    return ExpressionPipeline(**{k: v for k, v in wanted.items() if k in accepted})
+    if "downscale_width" in det_params:
+        det_params["downscale_width"] = det_params["downscale_width"] or None
+    return ExpressionPipeline(
+        detector=name, detector_params=det_params, model_path=p["model_path"] or None, backend=p["backend"],
+        margin=None if p["margin"] < 0 else p["margin"], tracking=p["tracking"], smoothing=p["smoothing"],
+        max_faces=p["max_faces"], min_face_size=p["min_face_size"], iou_threshold=p["tracking.iou_threshold"],
+        max_age_s=p["tracking.max_age_s"], max_age_frames=p["tracking.max_age_frames"])
 
 
 def results_to_msg(results, header, width: int, height: int):
@@ -140,10 +139,8 @@ class ExpressionNode(Node):
 
         self.p = declare_params(self, PARAMS)
         self.pipeline = build_pipeline(self.p)
-        self.backend = str(getattr(self.pipeline, "backend", None) or
-                           getattr(getattr(self.pipeline, "classifier", None), "backend", "unknown"))
-        self.model_path = str(getattr(self.pipeline, "model_path", None) or
-                              getattr(getattr(self.pipeline, "classifier", None), "model_path", "unknown"))
+        self.backend = str(self.pipeline.classifier.backend)
+        self.model_path = str(self.pipeline.classifier.model_path)
         out_qos = qos_from_params(self.p, "output_qos")
         self.pub = self.create_publisher(FaceExpressionArray, "faces/expressions", out_qos)
         self.pub_annotated = self.create_publisher(Image, "faces/image_annotated", out_qos)
@@ -246,6 +243,7 @@ class ExpressionNode(Node):
         def pct(values, q):
             return float(np.percentile(values, q)) if values else float("nan")
 
+        self.backend = str(self.pipeline.classifier.backend)  # may fall back at run time (TensorRT)
         status = DiagnosticStatus(name=f"{self.get_name()}: facial expressions", hardware_id=self.backend)
         stale = bool(self.sub) and (not recv or recv[-1] < time.monotonic() - 5.0)
         if s["processed"] == 0 and s["malformed"] and not s["errors"]:

@@ -138,6 +138,8 @@ def run(args) -> int:
         return 2
     folder = Path(args.output or Path("runs") / datetime.now().strftime("therapy-%Y%m%d-%H%M%S")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    if args.session_log_dir is None:  # keep everything of this run in one folder
+        values["session_log_dir"] = str(folder / "therapy_sessions")
 
     env = dict(os.environ)
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # images between processes

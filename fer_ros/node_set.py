@@ -20,11 +20,12 @@ CONFIG_NAME = "therapy.yaml"
 # (see argument_defaults), so the YAML decides unless the argument is given.
 LAUNCH_ARGUMENTS = {
     "source": ("demo", "camera_node source: demo, a webcam index (0) or /dev/videoN, a video file, an image folder"),
-    "backend": ("auto", "expression_node classifier backend: auto, onnxruntime, tensorrt, cuda, cpu"),
+    "backend": ("auto", "expression_node classifier backend: auto, onnxruntime, tensorrt, torch"),
     "model": ("", "expression model .onnx path (empty: the model shipped with fer_ros)"),
     "image_topic": ("/camera/image_raw", "image topic between camera_node and expression_node"),
     "expressions_topic": ("/faces/expressions", "FaceExpressionArray topic of expression_node"),
     "annotated_topic": ("/faces/image_annotated", "annotated image topic of expression_node"),
+    "session_log_dir": ("~/.ros/fer_ros/therapy_sessions", "folder where therapy_node writes session logs"),
 }
 
 
@@ -46,6 +47,7 @@ NODES = (
              remappings=(("camera/image_raw", "image_topic"), ("faces/expressions", "expressions_topic"),
                          ("faces/image_annotated", "annotated_topic"))),
     NodeSpec("therapy_node", "therapy_node", "fer_ros.therapy_node",
+             arguments=(("log_dir", "session_log_dir"),),
              remappings=(("faces/expressions", "expressions_topic"),)),
 )
 

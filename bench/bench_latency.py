@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Camera -> /faces/expressions latency and delivered rate, across processes.
+
+Starts camera_node (demo source: a real face photo composed into 640x480 frames) and
+expression_node as separate processes, exactly as `fer-ros launch therapy` does, and
+listens to /faces/expressions here. Latency = receipt time - the image's header stamp (the
+camera stamps each frame when it grabs it), so it covers image transport, conversion,
+detection, classification, tracking and result transport.
+
+    .venv/bin/python bench/bench_latency.py [--duration 30] [--rate 30] [--faces 1]
+
+Prints p50/p95/p99/max latency, delivered rate, the share of frames with the expected face
+count, frames dropped by the expression node (newest-frame-only) and whether latency grows
+over the run (a backlog). Targets: p95 <= 30 ms, >= 29 FPS delivered at 30 FPS, no backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds ignored at the start")
+    ap.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
+    ap.add_argument("--faces", type=int, default=1, help="faces in the demo frames (1-3)")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--model", default="", help="expression model (default: the shipped one)")
+    ap.add_argument("--detector", default="default")
+    args = ap.parse_args()
+
+    domain = random.randint(120, 220)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
+    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    os.environ.update(ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS=env["FASTDDS_BUILTIN_TRANSPORTS"])
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from fer_ros.msg import FaceExpressionArray
+
+    camera = [sys.executable, "-m", "fer_ros.camera_node", "--ros-args",
+              "-p", "source:=demo", "-p", f"rate:={args.rate}", "-p", f"width:={args.width}",
+              "-p", f"height:={args.height}", "-p", f"demo_faces:={args.faces}"]
+    expression = [sys.executable, "-m", "fer_ros.expression_node", "--ros-args",
+                  "-p", f"backend:={args.backend}", "-p", f"detector:={args.detector}",
+                  "-p", "publish_annotated:=false"]
+    if args.model:
+        expression += ["-p", f"model_path:={args.model}"]
+
+    rclpy.init()
+    node = rclpy.create_node("bench_latency")
+    lock = threading.Lock()
+    samples = []  # (receipt monotonic, latency ms, faces)
+    diag = {}
+
+    def on_result(msg):
+        now = node.get_clock().now().nanoseconds * 1e-9
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with lock:
+            samples.append((time.monotonic(), (now - stamp) * 1e3, len(msg.faces)))
+
+    def on_diag(msg):
+        for status in msg.status:
+            if "facial expressions" in status.name:
+                diag.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(FaceExpressionArray, "/faces/expressions", on_result,
+                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    spinner = threading.Thread(target=rclpy.spin, args=(node,), daemon=True)
+    spinner.start()
+
+    logs = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_latency_{os.getpid()}.log", "w")
+    procs = [subprocess.Popen(expression, env=env, stdout=logs, stderr=subprocess.STDOUT)]
+    # Start the camera once the expression node is up, so the warm-up measures a running system.
+    deadline = time.monotonic() + 60
+    while node.count_publishers("/faces/expressions") == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    procs.append(subprocess.Popen(camera, env=env, stdout=logs, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 60
+        while not samples and time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit(f"a node exited early; see {logs.name}")
+            time.sleep(0.1)
+        if not samples:
+            raise SystemExit(f"no results within 60 s; see {logs.name}")
+        start = time.monotonic() + args.warmup
+        dropped0 = None
+        while time.monotonic() < start + args.duration:
+            if dropped0 is None and time.monotonic() >= start and diag:
+                dropped0 = int(diag.get("frames_dropped", 0)), int(diag.get("frames_received", 0))
+            time.sleep(0.2)
+        time.sleep(1.2)  # one more diagnostics message
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        logs.close()
+
+    with lock:
+        window = [(t, lat, n) for t, lat, n in samples if start <= t < start + args.duration]
+    if len(window) < 2:
+        print("not enough results in the measured window")
+        return 1
+    t = np.array([w[0] for w in window])
+    lat = np.array([w[1] for w in window])
+    faces = np.array([w[2] for w in window])
+    delivered = (len(t) - 1) / (t[-1] - t[0])
+    half = len(lat) // 2
+    dropped = received = 0
+    if dropped0 and diag:
+        dropped = int(diag.get("frames_dropped", 0)) - dropped0[0]
+        received = int(diag.get("frames_received", 0)) - dropped0[1]
+    load = os.getloadavg()
+    print(f"camera {args.width}x{args.height} @ {args.rate:g} FPS, {args.faces} face(s), detector {args.detector}, "
+          f"backend {diag.get('backend', '?')}, model {diag.get('model', '?')}")
+    print(f"measured {args.duration:g} s after {args.warmup:g} s warm-up; {len(lat)} results; "
+          f"load average {load[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"latency ms (header stamp -> receipt): p50 {np.percentile(lat, 50):.1f}  p95 {np.percentile(lat, 95):.1f}"
+          f"  p99 {np.percentile(lat, 99):.1f}  max {lat.max():.1f}")
+    print(f"delivered rate: {delivered:.2f} FPS (camera {args.rate:g})")
+    print(f"frames with {args.faces} face(s): {np.mean(faces == args.faces) * 100:.1f}%")
+    print(f"expression_node: received {received}, dropped as stale {dropped} "
+          f"({(dropped / received * 100) if received else 0:.1f}%), processing mean "
+          f"{diag.get('processing_ms_mean', '?')} ms")
+    print(f"backlog check: latency p50 first half {np.percentile(lat[:half], 50):.1f} ms, "
+          f"second half {np.percentile(lat[half:], 50):.1f} ms")
+    ok = np.percentile(lat, 95) <= 30 and delivered >= args.rate - 1
+    print(f"targets (p95 <= 30 ms, >= {args.rate - 1:g} FPS): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""expression_node and camera_node over real rclpy + DDS.
+
+- Real photos published as Images -> FaceExpressionArray with the same header and the right
+  number of faces (YuNet detector; counts from the photos' content).
+- Malformed images do not stop the node; the next good frame is processed.
+- camera_node (its own process, the installed executable) plays a video at the requested rate.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
+pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from fer_ros import LABELS  # noqa: E402
+from fer_ros.msg import FaceExpressionArray  # noqa: E402
+from fer_ros.ros_image import bgr_to_image_msg  # noqa: E402
+
+from conftest import REPO, need_shared  # noqa: E402
+
+DOMAIN = random.randint(1, 100)
+os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)  # subprocesses too
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def model_for_tests(tmp_dir: Path) -> str:
+    """The shipped model when present; else a small deterministic ONNX with the same
+    interface ([N,1,48,48] -> logits [N,7]), since these tests check plumbing, not accuracy."""
+    from fer_ros.classifier import default_model_path
+
+    if default_model_path().is_file():
+        return str(default_model_path())
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "tiny_fer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 48, 48])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_dir / "tiny_fer.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN)
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield context, executor
+    executor.shutdown(timeout_sec=2)
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def node_under_test(ros, tmp_path_factory):
+    """An in-process expression_node (real subscription + worker thread) with YuNet, plus a
+    client node that publishes images and collects results."""
+    from fer_ros.expression_node import ExpressionNode
+
+    context, executor = ros
+    yunet = need_shared("models", "face_detection_yunet_2026may.onnx")
+    node = ExpressionNode(params={"detector": "yunet", "detector.model": str(yunet), "backend": "onnxruntime",
+                                  "model_path": model_for_tests(tmp_path_factory.mktemp("model")),
+                                  "image_topic": "/test/image", "tracking": False},
+                          context=context)
+    client = rclpy.create_node("test_client", context=context)
+    received = []
+    client.create_subscription(FaceExpressionArray, "/faces/expressions", received.append,
+                               QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    pub = client.create_publisher(Image, "/test/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    executor.add_node(node)
+    executor.add_node(client)
+    deadline = time.monotonic() + 10
+    while (pub.get_subscription_count() == 0 or client.count_publishers("/faces/expressions") == 0) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield node, pub, received
+    executor.remove_node(node)
+    executor.remove_node(client)
+    node.destroy_node()
+    client.destroy_node()
+
+
+_stamp = [1000]
+
+
+def image(bgr, frame_id="test_cam"):
+    _stamp[0] += 1
+    header = Header(frame_id=frame_id)
+    header.stamp.sec, header.stamp.nanosec = _stamp[0], 123456789
+    return bgr_to_image_msg(bgr, header=header)
+
+
+def publish_until_result(pub, received, msg, timeout=20.0):
+    """Publish `msg` (again every second: DDS discovery may drop the first) until the result
+    carrying its stamp arrives; return that result."""
+    stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+    deadline, next_send = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            pub.publish(msg)
+            next_send = time.monotonic() + 1.0
+        for r in list(received):
+            if (r.header.stamp.sec, r.header.stamp.nanosec) == stamp:
+                return r
+        time.sleep(0.01)
+    raise AssertionError(f"no FaceExpressionArray with stamp {stamp} within {timeout} s")
+
+
+def first_frame(video: Path):
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok, f"cannot read {video}"
+    return frame
+
+
+@pytest.mark.parametrize("photo,faces", [("multi_face.jpg", 5), ("single_face.jpg", 1),
+                                         ("0-f1-su-ph.jpg", 1), ("0-f15-hao-ph.jpg", 1),
+                                         ("no_face.mp4", 0)])
+def test_photos_give_faces_with_the_image_header(node_under_test, photo, faces):
+    node, pub, received = node_under_test
+    path = need_shared("media", photo)
+    bgr = first_frame(path) if path.suffix == ".mp4" else cv2.imread(str(path))
+    msg = image(bgr)
+    result = publish_until_result(pub, received, msg)
+    assert result.header.frame_id == "test_cam"
+    assert (result.image_width, result.image_height) == (bgr.shape[1], bgr.shape[0])
+    assert len(result.faces) == faces, f"{photo}: {len(result.faces)} faces, expected {faces}"
+    ids = [f.face_id for f in result.faces]
+    assert len(set(ids)) == len(ids) and all(i >= 1 for i in ids)
+    for f in result.faces:
+        assert f.expression in LABELS
+        scores = np.asarray(f.scores)
+        assert scores.shape == (7,) and abs(scores.sum() - 1) < 1e-3
+        assert f.expression == LABELS[int(np.argmax(scores))] and f.confidence == pytest.approx(scores.max())
+        assert f.box.width >= 30 and f.box.height >= 30  # min_face_size
+        assert f.box.x_offset + f.box.width <= bgr.shape[1] and f.box.y_offset + f.box.height <= bgr.shape[0]
+
+
+def test_multi_face_boxes_are_where_the_people_are(node_under_test):
+    """The 5 boxes of multi_face.jpg are distinct people: pairwise non-overlapping, left to right."""
+    node, pub, received = node_under_test
+    bgr = cv2.imread(str(need_shared("media", "multi_face.jpg")))
+    result = publish_until_result(pub, received, image(bgr))
+    xs = sorted(f.box.x_offset for f in result.faces)
+    assert len(xs) == 5 and all(b - a > 50 for a, b in zip(xs, xs[1:]))
+
+
+def malformed_images():
+    good = image(np.full((48, 64, 3), 128, np.uint8))
+    bad_encoding = image(np.full((48, 64, 3), 128, np.uint8))
+    bad_encoding.encoding = "not_an_encoding"
+    wrong_step = image(np.full((48, 64, 3), 128, np.uint8))
+    wrong_step.step = 64  # < 64*3
+    truncated = image(np.full((48, 64, 3), 128, np.uint8))
+    truncated.data = truncated.data[: len(truncated.data) // 2]
+    empty = Image(encoding="bgr8")
+    empty.header = good.header
+    return [bad_encoding, wrong_step, truncated, empty]
+
+
+def test_malformed_images_are_skipped_and_the_next_good_frame_is_processed(node_under_test):
+    node, pub, received = node_under_test
+    for msg in malformed_images():
+        before = node.stats["malformed"]
+        deadline = time.monotonic() + 10
+        while node.stats["malformed"] == before and time.monotonic() < deadline:
+            pub.publish(msg)
+            time.sleep(0.3)
+        assert node.stats["malformed"] > before, f"malformed image ({msg.encoding}, step {msg.step}) not seen"
+        assert not any(r.header.stamp == msg.header.stamp for r in received), "malformed frame produced a result"
+    good = image(cv2.imread(str(need_shared("media", "single_face.jpg"))))
+    result = publish_until_result(pub, received, good)
+    assert len(result.faces) == 1
+    status = node.diagnostics()
+    values = {kv.key: kv.value for kv in status.values}
+    assert int(values["frames_malformed"]) >= 4 and int(values["frames_processed"]) >= 1
+    assert values["backend"] == "onnxruntime"
+
+
+def test_process_image_synchronously_for_replay(node_under_test):
+    """The in-process API the bag replay uses: one Image in, its FaceExpressionArray out."""
+    node, _, _ = node_under_test
+    bgr = cv2.imread(str(need_shared("media", "single_face.jpg")))
+    out = node.process_image(image(bgr), publish=False)
+    assert len(out.faces) == 1 and out.header.frame_id == "test_cam"
+    assert node.process_image(malformed_images()[0], publish=False) is None
+
+
+def test_newest_frame_only_drops_stale_frames(node_under_test):
+    """A burst faster than the node can process: stale frames are dropped (counted), the
+    last frame of the burst is still processed, nothing queues up."""
+    node, pub, received = node_under_test
+    bgr = cv2.imread(str(need_shared("media", "multi_face.jpg")))
+    dropped = node.stats["dropped"]
+    burst = [image(bgr) for _ in range(15)]
+    for msg in burst:
+        node._on_image(msg)  # straight into the hand-over, as the DDS callback does
+    last = publish_until_result(pub, received, burst[-1])
+    assert len(last.faces) == 5
+    assert node.stats["dropped"] - dropped >= 10
+    time.sleep(0.5)
+    stamps = {(r.header.stamp.sec, r.header.stamp.nanosec) for r in received}
+    processed = sum((m.header.stamp.sec, m.header.stamp.nanosec) in stamps for m in burst)
+    assert processed <= 5, f"{processed} of 15 burst frames were processed: a backlog"
+
+
+def node_command(executable: str) -> list[str]:
+    """The installed executable when on PATH (make build), else the module."""
+    exe = shutil.which(executable, path=str(Path(sys.executable).parent))
+    module = {"camera_node": "fer_ros.camera_node", "expression_node": "fer_ros.expression_node"}[executable]
+    return [exe] if exe else [sys.executable, "-m", module]
+
+
+def test_camera_node_plays_a_video_file_at_the_requested_rate(ros):
+    context, executor = ros
+    video = need_shared("media", "single_face.mp4")
+    client = rclpy.create_node("camera_test_client", context=context)
+    frames = []
+    client.create_subscription(Image, "/test_cam/image_raw", frames.append,
+                               QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
+    executor.add_node(client)
+    cmd = node_command("camera_node") + [
+        "--ros-args", "-p", f"source:={video}", "-p", "rate:=12.0", "-p", "frame_id:=test_frame",
+        "-p", "width:=320", "-p", "height:=180", "-r", "camera/image_raw:=/test_cam/image_raw"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(frames) < 40 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"camera_node exited: {proc.stdout.read()}"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+        executor.remove_node(client)
+        client.destroy_node()
+    assert len(frames) >= 40, f"only {len(frames)} frames in 20 s; camera_node output:\n{out}"
+    msg = frames[-1]
+    assert (msg.width, msg.height, msg.encoding, msg.header.frame_id) == (320, 180, "bgr8", "test_frame")
+    stamps = np.array([f.header.stamp.sec + f.header.stamp.nanosec * 1e-9 for f in frames[5:]])
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    assert 12 * 0.9 <= rate <= 12 * 1.1, f"published at {rate:.2f} fps, asked for 12"
+    # the pixels are the video's (resized): the first received frame is one of its frames
+    cap = cv2.VideoCapture(str(video))
+    originals = [cv2.resize(cap.read()[1], (320, 180), interpolation=cv2.INTER_AREA)
+                 for _ in range(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))]
+    cap.release()
+    got = np.frombuffer(frames[0].data, np.uint8).reshape(180, 320, 3).astype(int)
+    diffs = [np.abs(got - o.astype(int)).mean() for o in originals]
+    assert min(diffs) < 0.5, f"closest video frame {int(np.argmin(diffs))} differs by {min(diffs):.2f}"
+
+
+def test_camera_node_rejects_a_missing_source_clearly():
+    proc = subprocess.run(node_command("camera_node") + ["--ros-args", "-p", "source:=/no/such/video.mp4"],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "/no/such/video.mp4" in proc.stderr and "not 'demo'" in proc.stderr
