@@ -240,7 +240,9 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 finally:
                     node.destroy_node()
             else:
-                _replay_realtime(frames(), rate, params, external, image_topic, extra_topics, out, lock,
+                # frames go to the topic the node listens on, whatever they were called in the bag
+                node_topic = "/" + str(params.get("image_topic", bags.IMAGE_TOPIC)).lstrip("/")
+                _replay_realtime(frames(), rate, params, external, node_topic, extra_topics, out, lock,
                                  restamp, write_input, write_output, summary, log)
     finally:
         out.close()
@@ -494,7 +496,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--params-file", type=Path, help="ROS 2 parameters YAML (expression_node section)")
     p.add_argument("--external", action="store_true",
                    help="publish to an expression node that is already running instead of starting one")
-    p.add_argument("--image-topic", default=bags.IMAGE_TOPIC)
+    p.add_argument("--image-topic", default=bags.IMAGE_TOPIC,
+                   help="image topic in the bag (published to the node's image_topic, default %(default)s)")
     p.add_argument("--keep-images", action="store_true", help="also write the restamped images")
     p.add_argument("--record", nargs="+", default=[], metavar="TOPIC",
                    help="real-time mode: also record these topics (e.g. /faces/image_annotated /diagnostics)")
