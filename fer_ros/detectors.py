@@ -83,8 +83,12 @@ class HaarDetector:
         path = Path(cascade) if cascade else Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         if not path.is_file():
             raise FileNotFoundError(f"Haar cascade not found: {path}")
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
+        try:
+            self.cascade = cv2.CascadeClassifier(str(path))
+            ok = not self.cascade.empty()
+        except (cv2.error, SystemError):  # OpenCV raises on malformed XML
+            ok = False
+        if not ok:
             raise ValueError(f"could not load the Haar cascade {path} (not a cascade XML?)")
         self.cascade_path = str(path)
         self.scale_factor = float(scale_factor)

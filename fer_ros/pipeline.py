@@ -118,6 +118,7 @@ class ExpressionPipeline:
         self.detect_interval = int(detect_interval)
         self._since_scan: int | None = None  # frames since the last full scan (None: scan now)
         self._last_boxes = np.zeros((0, 5), np.float32)
+        self._last_shape = None
         self.max_faces = max_faces
         self.min_face_size = int(min_face_size)
         self.tracker = FaceTracker(iou_threshold, max_age_s, max_age_frames, smoothing) if tracking else None
@@ -139,8 +140,10 @@ class ExpressionPipeline:
         """Full scan every `detect_interval` frames (or after a face was lost), else re-detect
         near the previous faces. Returns the selected boxes [K, 5]."""
         near = getattr(self.detector, "detect_near", None)
+        shape = np.shape(frame)[:2]
         scan = (near is None or self.detect_interval == 1 or self._since_scan is None
-                or self._since_scan + 1 >= self.detect_interval)
+                or self._since_scan + 1 >= self.detect_interval or shape != self._last_shape)
+        self._last_shape = shape
         if scan:
             boxes = self.select(np.asarray(self.detector.detect(frame), np.float32).reshape(-1, 5))
             self._since_scan = 0
@@ -171,7 +174,8 @@ class ExpressionPipeline:
         if frame.size == 0 or frame.ndim not in (2, 3):
             raise ValueError(f"empty or malformed frame of shape {frame.shape}: expected HxW, HxWx3 or HxWx4 uint8")
         t0 = time.perf_counter()
-        boxes = self.detect(frame)
+        boxes = self.detect(frame).copy()
+        boxes[:, :4] = np.round(boxes[:, :4])  # the reported integer box is exactly what is cropped
         t1 = time.perf_counter()
         faces = crop_faces(frame, boxes[:, :4], self.margin)
         probs = self.classifier.predict(faces)

@@ -82,7 +82,7 @@ class FaceTracker:
     def _expired(self, track: Track, stamp: float | None) -> bool:
         if stamp is not None and track.extra.get("stamped", False):
             return stamp - track.last_seen > self.max_age_s
-        return self.frame - track.last_frame > self.max_age_frames
+        return self.frame - track.last_frame - 1 > self.max_age_frames  # frames missed in between
 
     def update(self, boxes, scores=None, stamp: float | None = None):
         """Match this frame's boxes [K, >=4] (and scores [K, 7]) to tracks.
@@ -92,7 +92,8 @@ class FaceTracker:
         boxes = np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)
         k = len(boxes)
         if scores is not None:
-            scores = np.asarray(scores, np.float64).reshape(k, -1)
+            scores = np.asarray(scores, np.float64)
+            scores = scores.reshape(k, scores.shape[-1] if scores.ndim == 2 else -1) if k else np.zeros((0, 7))
         self.frame += 1
         if stamp is not None:
             stamp = float(stamp)
