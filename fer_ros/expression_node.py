@@ -133,7 +133,11 @@ class ExpressionNode(Node):
 
     def __init__(self, params: dict | None = None, subscribe: bool = True, **kwargs):
         overrides = list(kwargs.pop("parameter_overrides", []))
-        overrides += [Parameter(k, value=v) for k, v in (params or {}).items()]
+        defaults = {p.name: p.default for p in PARAMS}
+        for name, value in (params or {}).items():
+            if isinstance(defaults.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # 0 for a float parameter would be a type error
+            overrides.append(Parameter(name, value=value))
         super().__init__(kwargs.pop("node_name", "expression_node"), parameter_overrides=overrides, **kwargs)
         from fer_ros.msg import FaceExpressionArray
 

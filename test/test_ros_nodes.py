@@ -280,3 +280,33 @@ def test_camera_node_rejects_a_missing_source_clearly():
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "/no/such/video.mp4" in proc.stderr and "not 'demo'" in proc.stderr
+
+
+def test_lost_or_missing_camera_is_reported_and_retried_not_a_crash():
+    proc = subprocess.Popen(node_command("camera_node") + [
+        "--ros-args", "-p", "source:=/dev/video99", "-p", "reconnect_interval:=0.5"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(4.0)
+        assert proc.poll() is None, "camera_node exited instead of retrying"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    assert out.count("cannot open camera '/dev/video99'") >= 2, out  # first attempt and retries
+
+
+@pytest.mark.parametrize("faces", [1, 2])
+def test_demo_source_shows_real_faces(faces):
+    """The demo frames (no camera, no download) are 640x480 and the default detector finds
+    exactly the faces composed into them, as the frames move."""
+    from fer_ros.camera_node import DemoSource
+    from fer_ros.detectors import make_detector
+
+    demo, detector = DemoSource(faces=faces), make_detector("default")
+    counts = []
+    for index in range(0, 300, 30):
+        demo.index = index
+        ok, frame = demo.read()
+        assert ok and frame.shape == (480, 640, 3)
+        counts.append(len(detector.detect(frame)))
+    assert counts.count(faces) >= 9, counts
