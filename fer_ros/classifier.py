@@ -123,8 +123,9 @@ class OnnxRuntimeBackend:
 
 
 class TorchBackend:
-    """A training checkpoint. Loaded with `training.checkpoint.load_model` when the training
-    package is importable (it knows the architecture), else as a TorchScript or pickled module."""
+    """A training checkpoint ({"config", "state_dict"} from training.train, rebuilt with
+    `training.model.load_checkpoint`), a pickled nn.Module, or a TorchScript file. Loaded lazily:
+    torch is imported only when this backend is asked for."""
 
     name = "torch"
 
@@ -144,23 +145,27 @@ class TorchBackend:
 
     def _load(self, path: Path):
         torch = self.torch
+        obj = None
         try:
-            from training.checkpoint import load_model  # the training package's own loader
-        except ImportError:
-            load_model = None
-        if load_model is not None:
-            return load_model(path, map_location="cpu")
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - maybe TorchScript, tried below
+            pass
+        if isinstance(obj, dict) and "state_dict" in obj and "config" in obj:
+            try:  # a training.train checkpoint: the training package rebuilds the architecture
+                from training.model import load_checkpoint
+            except ImportError:
+                raise ValueError(f"{path} is a training checkpoint; run from the source checkout so the "
+                                 "`training` package can rebuild the network") from None
+            return load_checkpoint(path, map_location="cpu")
+        if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
+            return obj["model"]
+        if isinstance(obj, torch.nn.Module):
+            return obj
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception:  # noqa: BLE001 - not TorchScript: try a pickled module
             pass
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
-            obj = obj["model"]
-        if not isinstance(obj, torch.nn.Module):
-            raise ValueError(f"{path} holds a {type(obj).__name__}, not a model; install the training "
-                             "package (training/) so its loader can rebuild the architecture")
-        return obj
+        raise ValueError(f"{path} is neither a fer_ros training checkpoint, a pickled module nor TorchScript")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():

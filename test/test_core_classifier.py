@@ -184,3 +184,21 @@ def test_real_model_fer2013_publictest_accuracy():
     imgs = np.stack([cv2.imdecode(d["jpeg"][off[i]:off[i + 1]], cv2.IMREAD_GRAYSCALE) for i in idx])
     acc = float((clf.predict(imgs).argmax(1) == d["labels"][idx]).mean())
     assert acc >= 0.5, acc
+
+
+def test_training_checkpoint_with_torch_backend_matches_its_onnx_export(tmp_path):
+    """The checkpoint format of training/ (config + state_dict) loads in the torch backend and
+    gives the same probabilities as its ONNX export through onnxruntime."""
+    torch = pytest.importorskip("torch")
+    model_mod = pytest.importorskip("training.model", reason="training package not available")
+    export_mod = pytest.importorskip("training.export", reason="training package not available")
+    torch.manual_seed(0)
+    net = model_mod.MobileNetV1(width=0.25).eval()
+    ckpt = tmp_path / "best.pt"
+    model_mod.save_checkpoint(ckpt, net)
+    onnx_path = export_mod.export_onnx(net, tmp_path / "net.onnx")
+    x = faces(5)
+    c_torch = ExpressionClassifier(ckpt, backend="torch")
+    assert c_torch.backend == "torch"
+    np.testing.assert_allclose(c_torch.predict(x), ExpressionClassifier(onnx_path, backend="onnxruntime").predict(x),
+                               atol=1e-4)
