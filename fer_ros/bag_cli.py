@@ -113,14 +113,38 @@ def make_expression_node(params: dict, subscribe: bool = True):
 
     subscribe=False: no image subscription or worker thread; frames go in through process_sync.
     """
-    from fer_ros.expression_node import ExpressionNode
+    from fer_ros.expression_node import PARAMS, ExpressionNode
 
+    params = _coerce_params(params, {p.name: p.default for p in PARAMS})
     try:
         return ExpressionNode(params=params, subscribe=subscribe)
     except (ValueError, TypeError, FileNotFoundError) as exc:  # bad parameter value or model path
         raise BagError(f"cannot start the expression node with {params}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. rclpy's ParameterNotDeclared/InvalidParameterValue
         raise BagError(f"cannot start the expression node with {params}: {type(exc).__name__}: {exc}") from None
+
+
+def _coerce_params(params: dict, defaults: dict) -> dict:
+    """Check names against the node's declared parameters and fit the types (0 -> 0.0 for floats),
+    so a typo is an error instead of a silently ignored override."""
+    out = {}
+    for name, value in params.items():
+        if name not in defaults:
+            close = [n for n in defaults if n.split(".")[-1] == name.split(".")[-1] or name in n]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise BagError(f"the expression node has no parameter {name!r}{hint}; it has: {', '.join(sorted(defaults))}")
+        default = defaults[name]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise BagError(f"parameter {name} must be true or false, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            value = str(value)
+        elif type(value) is not type(default):
+            raise BagError(f"parameter {name} must be a {type(default).__name__}, got {value!r}")
+        out[name] = value
+    return out
 
 
 def process_sync(node, image_msg):
@@ -172,6 +196,10 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
 
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
+
+    from fer_ros.expression_node import PARAMS
+
+    params = _coerce_params(params, {p.name: p.default for p in PARAMS})  # before any output exists
 
     def frames():
         """(log_time, raw image) streamed from the bag: long bags never sit in memory."""
@@ -244,6 +272,13 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 node_topic = "/" + str(params.get("image_topic", bags.IMAGE_TOPIC)).lstrip("/")
                 _replay_realtime(frames(), rate, params, external, node_topic, extra_topics, out, lock,
                                  restamp, write_input, write_output, summary, log)
+    except BaseException:
+        out.close()
+        if not any(out.counts.values()):  # failed before anything was written: leave no empty bag
+            import shutil
+
+            shutil.rmtree(out.path, ignore_errors=True)
+        raise
     finally:
         out.close()
     summary["fps"] = summary["outputs"] / summary["wall_s"] if summary.get("wall_s") else None

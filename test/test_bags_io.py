@@ -326,3 +326,17 @@ def test_cli_bad_bags_exit_nonzero_without_traceback(tmp_path):
 
 def test_msg_dir_found():
     assert (bags.msg_dir() / "FaceExpression.msg").is_file()
+
+
+def test_cli_rejects_unknown_or_mistyped_node_parameters(tmp_path):
+    bag = tmp_path / "bag"
+    with bags.BagWriter(bag) as w:
+        w.add_topic(bags.IMAGE_TOPIC, bags.IMAGE_TYPE)
+        w.write(bags.IMAGE_TOPIC, T0, bags.make_image(np.zeros((8, 8), np.uint8), T0))
+    for param, needle in (("detecter:=whole", "no parameter 'detecter'"),
+                          ("smoothing:=lots", "smoothing must be a float"),
+                          ("publish_annotated:=3", "true or false")):
+        proc = _cli("replay", bag, "--fast", "-p", param, "-o", tmp_path / "out")
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert needle in proc.stderr, proc.stderr
+        assert not (tmp_path / "out").exists()  # no empty output bag left behind
