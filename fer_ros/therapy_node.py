@@ -239,11 +239,14 @@ class TherapyNode(Node):
         """Ends a running session first, so its CSV and timeline get written."""
         with self._lock:
             try:
+                running = self.session.stage not in ("idle", "done")
                 self.session.close(self._now(), "shutdown")
                 if self.context.ok():
                     self._flush()
                 else:  # Ctrl-C already shut ROS down: nothing can be published any more
                     self.session.drain()
+                    if running:
+                        self.get_logger().info(f"session ended; log in {self.session.reports.get('events')}")
             except Exception as exc:  # context already shut down: the events file is complete anyway
                 print(f"therapy_node: closing the session: {exc}", file=sys.stderr)
         return super().destroy_node()
