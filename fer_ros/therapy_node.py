@@ -17,6 +17,7 @@ import sys
 import threading
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -134,10 +135,11 @@ class TherapyNode(Node):
     """The session node. `clock` (callable -> seconds) replaces the node clock in tests."""
 
     def __init__(self, clock=None, **kwargs):
+        self._lock = threading.Lock()  # callbacks may run in parallel under a multi-threaded executor
+        self.session = None
         super().__init__("therapy_node", **kwargs)
         self.p = declare_params(self, PARAMS)
         self._now = clock or (lambda: self.get_clock().now().nanoseconds * 1e-9)
-        self._lock = threading.Lock()  # callbacks may run in parallel under a multi-threaded executor
         self.finished = False
         config = TherapyConfig.from_dict({k: v for k, v in self.p.items() if k in _SESSION_NAMES})
         self.session = TherapySession(config, log_factory=lambda: SessionLog(self.p["log_dir"]))
@@ -239,6 +241,8 @@ class TherapyNode(Node):
         """Ends a running session first, so its CSV and timeline get written."""
         with self._lock:
             try:
+                if self.session is None:  # the constructor failed (bad parameter)
+                    return super().destroy_node()
                 running = self.session.stage not in ("idle", "done")
                 self.session.close(self._now(), "shutdown")
                 if self.context.ok():
@@ -261,7 +265,7 @@ def main(args=None) -> int:
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
         pass
-    except ValueError as exc:  # bad configuration: say which setting, exit non-zero
+    except (ValueError, ParameterException) as exc:  # bad configuration: say which setting, exit non-zero
         print(f"therapy_node: error: {exc}", file=sys.stderr)
         return 2
     finally:
