@@ -177,7 +177,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
         raise BagError("an external node can only be replayed to in real time (give a --rate)")
     params = dict(params or {})
     with bags.BagReader(bag_path) as src:
-        src.require(image_topic, bags.IMAGE_TYPE)
+        image_type = src.require(image_topic, bags.IMAGE_TYPES)
         has_gt = bags.GROUND_TRUTH_TOPIC in src.topics
         n_images = src.counts.get(image_topic, 0)
         if n_images == 0:
@@ -198,8 +198,21 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
     from sensor_msgs.msg import Image
 
     from fer_ros.expression_node import PARAMS
+    from fer_ros.ros_image import bgr_to_image_msg
 
     params = _coerce_params(params, {p.name: p.default for p in PARAMS})  # before any output exists
+
+    def decompress(raw):
+        """CompressedImage (JPEG/PNG) -> bgr8 Image with the same header: what the node subscribes to."""
+        import cv2
+        import numpy as np
+        from sensor_msgs.msg import CompressedImage
+
+        msg = deserialize_message(raw, CompressedImage)
+        bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise BagError(f"a CompressedImage ({msg.format!r}) on {image_topic} cannot be decoded")
+        return bgr_to_image_msg(bgr, header=msg.header)
 
     def frames():
         """(log_time, raw image) streamed from the bag: long bags never sit in memory."""
@@ -245,7 +258,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 summary["outputs"] += 1
 
         def restamp(raw):
-            msg = deserialize_message(raw, Image)
+            msg = deserialize_message(raw, Image) if image_type == bags.IMAGE_TYPE else decompress(raw)
             orig = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             t = time.time_ns()
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 1_000_000_000)

@@ -41,6 +41,8 @@ GROUND_TRUTH_TOPIC = "/ground_truth/expression"
 FRAMES_TOPIC = "/replay/frames"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"  # what image_transport records on robots
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STRING_TYPE = "std_msgs/msg/String"
 HEADER_TYPE = "std_msgs/msg/Header"
 EXPRESSIONS_TYPE = "fer_ros/msg/FaceExpressionArray"
@@ -338,13 +340,15 @@ class BagReader:
         return "\n".join(f"  {t} [{ty}] {counts.get(t, 0)} msgs" for t, ty in sorted(self.topics.items())) \
             or "  (no topics)"
 
-    def require(self, topic: str, msgtype: str | None = None, hint: str = "") -> None:
-        """Raise BagError naming the topics that are there when `topic` is missing or mistyped."""
+    def require(self, topic: str, msgtype: str | tuple | None = None, hint: str = "") -> str:
+        """The topic's type; BagError naming the topics that are there when it is missing or mistyped."""
         topics = self.topics
         if topic not in topics:
             raise BagError(f"{self.path} has no {topic} topic{hint}. It has:\n{self.describe()}")
-        if msgtype and topics[topic] != msgtype:
-            raise BagError(f"{topic} in {self.path} is {topics[topic]}, expected {msgtype}")
+        allowed = (msgtype,) if isinstance(msgtype, str) else msgtype
+        if allowed and topics[topic] not in allowed:
+            raise BagError(f"{topic} in {self.path} is {topics[topic]}, expected {' or '.join(allowed)}")
+        return topics[topic]
 
     def messages(self, topics: Iterable[str] | None = None, raw: bool = False) -> Iterator[BagMessage]:
         """Messages in log-time order, deserialized unless raw=True; BagError on damage/unknown types."""
@@ -659,7 +663,7 @@ def label_bag(bag_in, out, labels, topic: str = IMAGE_TOPIC, storage: str | None
     if isinstance(labels, (str, Path)):
         labels = read_labels(labels)
     with BagReader(bag_in) as src:
-        src.require(topic, IMAGE_TYPE)
+        image_type = src.require(topic, IMAGE_TYPES)
         if GROUND_TRUTH_TOPIC in src.topics:
             raise BagError(f"{bag_in} already has {GROUND_TRUTH_TOPIC}")
         types = src.topics
@@ -672,7 +676,7 @@ def label_bag(bag_in, out, labels, topic: str = IMAGE_TOPIC, storage: str | None
                 dst.write(m.topic, m.log_time, m.msg)
                 if m.topic != topic:
                     continue
-                stamp = stamp_to_ns(typestore().deserialize_cdr(m.msg, IMAGE_TYPE).header.stamp)
+                stamp = stamp_to_ns(typestore().deserialize_cdr(m.msg, image_type).header.stamp)
                 first = stamp if first is None else first
                 label = labels.label(index, (stamp - first) / 1e9)
                 if label is not None:

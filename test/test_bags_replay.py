@@ -225,3 +225,28 @@ def test_cli_round_trip_with_report(model, tmp_path, media):
     assert "| sad |" in (tmp_path / "rep" / "evaluation.md").read_text()
     out = cli("evaluate", "single_face_bag_replay", "--no-labels", "--report", "rep2", "--json")
     assert json.loads(out)["frames_out"] == 36
+
+
+def test_compressed_image_bag_replays(model, tmp_path, media):
+    """Robots record image_transport's CompressedImage; replay decodes it for the node."""
+    ts = bags.typestore()
+    Compressed = ts.types[bags.COMPRESSED_TYPE]
+    cap = cv2.VideoCapture(str(media / "single_face.mp4"))
+    with bags.BagWriter(tmp_path / "rec") as bag:
+        bag.add_topic("/camera/image_raw/compressed", bags.COMPRESSED_TYPE, qos="sensor_data")
+        for i in range(20):
+            ok, frame = cap.read()
+            assert ok
+            t = T0 + i * 33_333_333
+            data = np.frombuffer(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], np.uint8)
+            bag.write("/camera/image_raw/compressed", t + 2_000_000,
+                      Compressed(header=bags.make_header(t), format="bgr8; jpeg compressed bgr8", data=data))
+    (tmp_path / "l.csv").write_text("0,10,happy\n")
+    bags.label_bag(tmp_path / "rec", tmp_path / "lab", tmp_path / "l.csv", topic="/camera/image_raw/compressed")
+    summary = bag_cli.replay(tmp_path / "lab", tmp_path / "out", rate=None, params=_node_params(model),
+                             image_topic="/camera/image_raw/compressed", log=lambda *_: None)
+    assert summary["outputs"] == 20 and summary["labelled"] == 20
+    result = evaluation.evaluate_bag(tmp_path / "out")
+    assert result["labelled_frames"] == 20 and result["detection_rate"] >= 0.9
+    out = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
+    assert all((m.msg.image_width, m.msg.image_height) == (640, 360) for m in out)
