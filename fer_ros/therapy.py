@@ -314,6 +314,7 @@ class TherapySession:
         """Faces seen at time obs.t. Returns the outputs produced."""
         self._advance(obs.t, timeline=False)
         self._last_obs_t = obs.t
+        self._faces_in_view = len(obs.faces)
         child = self._pick_child(obs)
         self._child = child
         if child is not None:
@@ -389,6 +390,7 @@ class TherapySession:
         self._child_seen_t = None
         self._child_visible_since = None
         self._last_obs_t = None
+        self._faces_in_view = 0
         self._distress_since = None
         self._next_timeline_t = None
         self._last_state = None
@@ -467,12 +469,15 @@ class TherapySession:
             return
         self._next_timeline_t = self.now + 1.0 / self.cfg.timeline_rate
         c = self._child if self._child_fresh() else None
+        fresh = self._last_obs_t is not None and self.now - self._last_obs_t <= self.cfg.observation_timeout
+        in_view = self._faces_in_view if fresh else 0  # others in view tell "child left" from "camera down"
         if c is None:
-            self._event("child_expression", face_id=None, expression=None, confidence=None, scores=None)
+            self._event("child_expression", face_id=None, expression=None, confidence=None, scores=None,
+                        faces_in_view=in_view)
         else:
             scores = [c.score(label) for label in LABELS]
             self._event("child_expression", face_id=int(c.face_id), expression=c.expression,
-                        confidence=float(c.confidence), scores=scores)
+                        confidence=float(c.confidence), scores=scores, faces_in_view=in_view)
 
     def _check_face_lost(self) -> None:
         if self.paused or self.phase == "waiting_for_face":

@@ -160,8 +160,10 @@ class TherapyNode(Node):
         self.get_logger().info(
             f"therapy session: emotions {config.emotions}, practice by {config.practice_answer_mode}, "
             f"logs in {self.p['log_dir']}; control with services/topic therapy/{{{','.join(VERBS)}}}")
-        if self.p["auto_start"]:
-            self.command("start")
+        # auto start waits for a non-zero clock: with use_sim_time the clock reads 0 until /clock
+        # arrives, and a session started at 0 would see every timer expire at the first jump
+        self._pending_start = bool(self.p["auto_start"])
+        self.tick()
 
     # -- inputs -------------------------------------------------------------------------
     def _on_faces(self, msg: FaceExpressionArray) -> None:
@@ -197,6 +199,9 @@ class TherapyNode(Node):
             self.get_logger().warning(text)
 
     def tick(self) -> None:
+        if self._pending_start and self._now() > 0:
+            self._pending_start = False
+            self.command("start")
         with self._lock:
             self._flush(self.session.tick(self._now()))
 

@@ -375,6 +375,8 @@ def test_child_selection_and_following():
     d.start()
     d.run(1.0, faces=[big_corner, central])
     assert d.s.phase == "waiting_for_face"  # the configured child is not in view
+    sample = d.events("child_expression")[-1]
+    assert sample["face_id"] is None and sample["faces_in_view"] == 2
     d.run(0.2, faces=[big_corner, small])
     assert d.s.phase == "free_play" and d.s.state.child_face_id == 1
 
