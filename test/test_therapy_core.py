@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from fer_ros.therapy import (Face, Observation, TherapyConfig, TherapySession, n
                              select_child)
 
 DT = 0.1
+REPO = Path(__file__).resolve().parents[1]
 
 
 def face(expression="neutral", conf=0.9, face_id=1, box=(200, 150, 120, 120)):
@@ -419,3 +421,27 @@ def test_reconfigure_child_face_id_mid_session():
     d.run(0.2, faces=[face(face_id=1), face(face_id=2, box=(0, 0, 40, 40))])
     assert d.s.state.child_face_id == 2
     assert d.events("reconfigure")[0]["changes"] == {"child_selection": "face_id", "child_face_id": 2}
+
+
+def test_shipped_config_is_a_short_demo_session_that_completes():
+    """config/therapy.yaml must let `make run` (a still, smiling demo face) finish a session:
+    every stage, no pause, in well under a minute of session time."""
+    import yaml
+
+    from fer_ros.therapy_node import SESSION_PARAMS, PARAMS
+
+    with open(REPO / "config" / "therapy.yaml") as f:
+        section = yaml.safe_load(f)["therapy_node"]["ros__parameters"]
+    assert set(section) <= {p.name for p in PARAMS}, "unknown parameter in config/therapy.yaml"
+    assert section["auto_start"] is True
+    for p in PARAMS:  # ROS refuses a YAML value whose type differs from the declared default
+        if p.name in section:
+            assert type(section[p.name]) is type(p.default), f"{p.name}: write {p.default!r}-typed values"
+    cfg = {p.name: section[p.name] for p in SESSION_PARAMS if p.name in section}
+    d = Driver(**cfg)
+    d.start()
+    d.run(60.0, faces=[face("happy", 0.8)], until=lambda s: s.stage == "done")
+    assert d.s.stage == "done" and not d.events("pause") and d.t < 45.0
+    assert {e["stage"] for e in d.events("stage")} == {"introduction", "teaching", "practice", "done"}
+    assert len(d.events("trial_end")) == len(cfg["emotions"]) * (cfg["teaching_trials_per_emotion"]
+                                                                  + cfg["practice_trials_per_emotion"])
