@@ -310,3 +310,36 @@ def test_demo_source_shows_real_faces(faces):
         assert ok and frame.shape == (480, 640, 3)
         counts.append(len(detector.detect(frame)))
     assert counts.count(faces) >= 9, counts
+
+
+def test_whole_image_mode_for_pre_cropped_faces(ros, tmp_path):
+    """detector 'whole': a 48x48 mono8 face crop (FER-2013 style) is one face filling the image."""
+    from fer_ros.expression_node import ExpressionNode
+
+    context, _ = ros
+    node = ExpressionNode(params={"detector": "whole", "backend": "onnxruntime",
+                                  "model_path": model_for_tests(tmp_path), "min_face_size": 30},
+                          subscribe=False, context=context)
+    try:
+        photo = cv2.imread(str(need_shared("media", "single_face.jpg")), cv2.IMREAD_GRAYSCALE)
+        crop = cv2.resize(photo[147:387, 154:394], (48, 48), interpolation=cv2.INTER_AREA)
+        out = node.process_image(bgr_to_image_msg(crop, encoding="mono8"), publish=False)
+        assert len(out.faces) == 1
+        box = out.faces[0].box
+        assert (box.x_offset, box.y_offset, box.width, box.height) == (0, 0, 48, 48)
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"detector": "bogus"}, "unknown detector 'bogus'"),
+    ({"detector": "yunet"}, "needs detector.model"),
+    ({"model_path": "/no/such/model.onnx"}, "/no/such/model.onnx"),
+    ({"backend": "quantum"}, "quantum"),
+])
+def test_bad_parameters_fail_at_start_with_a_clear_error(ros, params, message):
+    from fer_ros.expression_node import ExpressionNode
+
+    context, _ = ros
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        ExpressionNode(params=params, subscribe=False, context=context)
