@@ -269,8 +269,11 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 node = make_expression_node(params, subscribe=False)
                 try:
                     summary["node"] = _node_description(node)
-                    start = time.perf_counter()
-                    for _, raw in frames():
+                    start = last_log = time.perf_counter()
+                    for i, (_, raw) in enumerate(frames()):
+                        if time.perf_counter() - last_log > 5.0:
+                            last_log = time.perf_counter()
+                            log(f"  {i}/{n_frames} frames, {i / (last_log - start):.1f} frames/s")
                         msg, orig, t_pub = restamp(raw)
                         result = process_sync(node, msg)
                         t_recv = time.time_ns()
@@ -547,8 +550,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--image-topic", default=bags.IMAGE_TOPIC,
                    help="image topic in the bag (published to the node's image_topic, default %(default)s)")
     p.add_argument("--keep-images", action="store_true", help="also write the restamped images")
-    p.add_argument("--record", nargs="+", default=[], metavar="TOPIC",
-                   help="real-time mode: also record these topics (e.g. /faces/image_annotated /diagnostics)")
+    p.add_argument("--record", action="append", default=[], metavar="TOPIC",
+                   help="real-time mode: also record this topic, e.g. /faces/image_annotated (repeatable)")
     p.add_argument("--max-frames", type=int)
     p.add_argument("--evaluate", type=Path, metavar="DIR", help="then evaluate and write the report to DIR")
     common(p, None)
