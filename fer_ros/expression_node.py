@@ -196,6 +196,8 @@ class ExpressionNode(Node):
             try:
                 self.process_image(msg)
             except Exception as exc:  # never let one bad frame kill the worker
+                if not self.context.ok():  # shutting down (Ctrl-C): nothing left to publish to
+                    return
                 self.stats["errors"] += 1
                 self.get_logger().error(f"processing failed: {exc!r}", throttle_duration_sec=5.0)
 

@@ -9,6 +9,7 @@ arguments. Keep this module free of `launch` imports so both users can load it.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,21 +54,23 @@ NODES = (
 
 
 def source_config() -> Path:
-    """config/therapy.yaml of the source checkout (None-safe: may not exist when installed)."""
+    """config/therapy.yaml beside this package (exists in a source checkout)."""
     return Path(__file__).resolve().parents[1] / "config" / CONFIG_NAME
 
 
 def default_config() -> Path:
-    """The config to use: the installed share/fer_ros/config copy, else the checkout's."""
+    """The config to use: the checkout's when running from source, else the installed
+    share/fer_ros/config copy (ament index, or this interpreter's prefix for the .venv)."""
+    if source_config().is_file():
+        return source_config()
+    candidates = [Path(sys.prefix) / "share" / PACKAGE / "config" / CONFIG_NAME]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        installed = Path(get_package_share_directory(PACKAGE)) / "config" / CONFIG_NAME
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed / ament index missing: fall back to the checkout
+        candidates.insert(0, Path(get_package_share_directory(PACKAGE)) / "config" / CONFIG_NAME)
+    except Exception:  # not in the ament index (e.g. AMENT_PREFIX_PATH unset in the .venv)
         pass
-    return source_config()
+    return next((c for c in candidates if c.is_file()), candidates[-1])
 
 
 def load_config(config: str | Path) -> dict:
