@@ -366,9 +366,16 @@ class TherapySession:
                      trials_total=len(trials), attempt=self.attempt if self.stage == "teaching" else 0,
                      target_emotion=self.target or "", correct=self.correct, attempted=self.attempted,
                      last_outcome=self.last_outcome,
-                     child_face_id=int(self._child.face_id) if self._child is not None else 0)
+                     child_face_id=self._followed_id())
 
     # ------------------------------------------------------------------ internals
+    def _followed_id(self) -> int:
+        """Track id followed as the child's, kept through brief misses (no state flicker), 0 once lost."""
+        if self._child_id is None or self._child_seen_t is None or self.now is None:
+            return 0
+        grace = max(self.cfg.child_reselect_seconds, self.cfg.observation_timeout)
+        return self._child_id if self.now - self._child_seen_t <= grace else 0
+
     def _reset(self) -> None:
         self.stage, self.phase = "idle", "idle"
         self.paused, self.pause_reason, self._paused_at = False, "", None
@@ -401,7 +408,7 @@ class TherapySession:
 
     def _event(self, kind: str, **fields) -> None:
         fields.setdefault("stage", self.stage)
-        if self.stage in ("teaching", "practice") and self.target:
+        if self.stage in ("teaching", "practice") and self.target and self.trial_idx < len(self.plan[self.stage]):
             fields.setdefault("trial", self.trial_idx + 1)
         t = round(self._t(), 4)
         if self.log is not None:

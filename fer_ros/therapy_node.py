@@ -141,6 +141,7 @@ class TherapyNode(Node):
         self.p = declare_params(self, PARAMS)
         self._now = clock or (lambda: self.get_clock().now().nanoseconds * 1e-9)
         self.finished = False
+        self._announced = None  # session whose end was reported
         config = TherapyConfig.from_dict({k: v for k, v in self.p.items() if k in _SESSION_NAMES})
         self.session = TherapySession(config, log_factory=lambda: SessionLog(self.p["log_dir"]))
 
@@ -224,7 +225,8 @@ class TherapyNode(Node):
         for out in list(outputs) + self.session.drain():
             if out.kind == "state":
                 self.pub_state.publish(state_to_msg(out.value, self.get_clock().now().to_msg()))
-                if out.value.stage == "done" and not self.finished:
+                if out.value.stage == "done" and out.value.session_id != self._announced:
+                    self._announced = out.value.session_id
                     self._on_done()
             elif out.kind == "expression":
                 self.pub_expression.publish(String(data=out.value))
