@@ -134,12 +134,12 @@ def test_fast_replay_matches_direct_pipeline(video_bag, model, tmp_path):
 
 
 def test_realtime_replay_pub_sub(video_bag, model, tmp_path):
-    """Recorded speed x2 over real topics: stamps, labels and latency line up."""
+    """Recorded speed x1.5 over real topics: stamps, labels and latency line up."""
     _, bag, _ = video_bag
-    summary = bag_cli.replay(bag, tmp_path / "out", rate=2.0, params=_node_params(model), log=lambda *_: None,
+    summary = bag_cli.replay(bag, tmp_path / "out", rate=1.5, params=_node_params(model), log=lambda *_: None,
                              max_frames=40, keep_images=True)
     assert summary["frames_in"] == 40
-    assert summary["outputs"] >= 10  # the node keeps only the newest frame, some may be dropped
+    assert summary["outputs"] >= 5  # the node keeps only the newest frame: a busy CPU drops some
     msgs = bags.read_bag(tmp_path / "out")
     published = {bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC}
     images = {bags.stamp_to_ns(m.msg.header.stamp) for m in msgs if m.topic == bags.IMAGE_TOPIC}
@@ -152,9 +152,9 @@ def test_realtime_replay_pub_sub(video_bag, model, tmp_path):
         stamp = bags.stamp_to_ns(m.msg.header.stamp)
         assert stamp in published
         assert 0 < m.log_time - stamp < 5e9
-    # published roughly on the 2x schedule: 40 frames at 30 fps / 2 span ~0.65 s
+    # published on the x1.5 schedule: 39 intervals of 1/30 s / 1.5 = 0.87 s
     ordered = sorted(published)
-    assert 0.4 < (ordered[-1] - ordered[0]) / 1e9 < 3.0
+    assert 0.8 < (ordered[-1] - ordered[0]) / 1e9 < 3.0
     result = evaluation.evaluate_bag(tmp_path / "out")
     assert result["frames_in"] == 40 and result["frames_out"] == len(outs)
     assert result["latency_ms"]["p50"] > 0
