@@ -31,6 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), for per-node CPU load."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=30.0, help="measured seconds")
@@ -104,11 +113,13 @@ def main() -> int:
         if not samples:
             raise SystemExit(f"no results within 60 s; see {logs.name}")
         start = time.monotonic() + args.warmup
-        dropped0 = None
+        dropped0 = cpu0 = None
         while time.monotonic() < start + args.duration:
             if dropped0 is None and time.monotonic() >= start and diag:
                 dropped0 = int(diag.get("frames_dropped", 0)), int(diag.get("frames_received", 0))
+                cpu0 = [cpu_seconds(p.pid) for p in procs]
             time.sleep(0.2)
+        cpu = [(cpu_seconds(p.pid) - c) / args.duration * 100 for p, c in zip(procs, cpu0 or [float("nan")] * 2)]
         time.sleep(1.2)  # one more diagnostics message
     finally:
         for p in procs:
@@ -148,6 +159,7 @@ def main() -> int:
     print(f"expression_node: received {received}, dropped as stale {dropped} "
           f"({(dropped / received * 100) if received else 0:.1f}%), processing mean "
           f"{diag.get('processing_ms_mean', '?')} ms")
+    print(f"CPU (% of one core): expression_node {cpu[0]:.0f}%, camera_node {cpu[1]:.0f}%")
     print(f"backlog check: latency p50 first half {np.percentile(lat[:half], 50):.1f} ms, "
           f"second half {np.percentile(lat[half:], 50):.1f} ms")
     ok = np.percentile(lat, 95) <= 30 and delivered >= args.rate - 1

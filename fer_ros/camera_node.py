@@ -14,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from collections import deque
+
 import cv2
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
@@ -147,6 +150,9 @@ class CameraNode(Node):
             rate = fps if fps and 0 < fps < 1000 else 30.0
         self.rate = float(rate)
         self.timer = self.create_timer(1.0 / self.rate, self._tick)
+        self._published = deque(maxlen=120)  # publish times, for the rate in diagnostics
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f"publishing {self.kind} source {self.p['source']!r} on "
                                f"{self.pub.topic_name} at {self.rate:g} fps "
                                f"(qos {self.p['qos.reliability']}, depth {self.p['qos.depth']})")
@@ -225,6 +231,29 @@ class CameraNode(Node):
         msg.header.frame_id = self.p["frame_id"]
         self.pub.publish(msg)
         self.frames += 1
+        self._published.append(time.monotonic())
+
+    def diagnostics(self) -> DiagnosticStatus:
+        recent = [t for t in self._published if t > time.monotonic() - 5.0]
+        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        status = DiagnosticStatus(name=f"{self.get_name()}: camera", hardware_id=str(self.p["source"]))
+        if self.cap is None:
+            status.level, status.message = DiagnosticStatus.ERROR, "camera lost or not opened; retrying"
+        elif self.finished:
+            status.level, status.message = DiagnosticStatus.OK, f"end of {self.kind}"
+        elif not recent:
+            status.level, status.message = DiagnosticStatus.WARN, "no frames in the last 5 s"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, f"{rate:.1f} fps"
+        values = {"source": self.p["source"], "kind": self.kind, "frames_published": self.frames,
+                  "rate_hz": f"{rate:.2f}", "target_rate_hz": f"{self.rate:g}"}
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return status
+
+    def _publish_diagnostics(self):
+        msg = DiagnosticArray(status=[self.diagnostics()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
 
     def destroy_node(self):
         if self.cap is not None:

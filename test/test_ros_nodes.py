@@ -295,6 +295,21 @@ def test_lost_or_missing_camera_is_reported_and_retried_not_a_crash():
     assert out.count("cannot open camera '/dev/video99'") >= 2, out  # first attempt and retries
 
 
+def test_camera_diagnostics_report_a_missing_camera(ros):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from fer_ros.camera_node import CameraNode
+
+    context, _ = ros
+    node = CameraNode(parameter_overrides=[rclpy.parameter.Parameter("source", value="/dev/video98")],
+                      context=context)
+    try:
+        status = node.diagnostics()
+        assert status.level == DiagnosticStatus.ERROR and "lost" in status.message
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.parametrize("faces", [1, 2])
 def test_demo_source_shows_real_faces(faces):
     """The demo frames (no camera, no download) are 640x480 and the default detector finds
