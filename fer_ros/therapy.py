@@ -247,9 +247,14 @@ class TherapySession:
             return False, f"a session is already running (stage {self.stage})"
         if self.stage == "done":
             self._reset()
+        try:  # no log, no session: the log is what the therapist and the study keep
+            log = self.log_factory() if self.log_factory else None
+        except OSError as exc:
+            return self._finish_call(False, f"cannot create the session log: {exc}")
         self._advance(t)
         self.t0 = t
-        self.log = self.log_factory() if self.log_factory else None
+        self.log = log
+        self._log_error = None
         self.session_id = getattr(self.log, "session_id", "") or ""
         seed = self.cfg.seed if self.cfg.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
         rng = random.Random(seed)
@@ -402,6 +407,7 @@ class TherapySession:
         self._next_timeline_t = None
         self._last_state = None
         self.reports: dict = {}
+        self._log_error = None
 
     def _t(self) -> float:
         return 0.0 if self.t0 is None else self.now - self.t0
@@ -411,9 +417,15 @@ class TherapySession:
         if self.stage in ("teaching", "practice") and self.target and self.trial_idx < len(self.plan[self.stage]):
             fields.setdefault("trial", self.trial_idx + 1)
         t = round(self._t(), 4)
+        record = None
         if self.log is not None:
-            record = self.log.event(kind, t, **fields)
-        else:
+            try:
+                record = self.log.event(kind, t, **fields)
+            except OSError as exc:  # disk full, USB stick pulled: keep the session going, alert once
+                if self._log_error is None:
+                    self._log_error = str(exc)
+                    self.outbox.append(Output("alert", f"log_error: cannot write {self.log.events_path}: {exc}"))
+        if record is None:
             record = {"seq": len(self.events) + 1, "t": t, "event": kind, **fields}
         self.events.append(record)
 

@@ -13,6 +13,7 @@ A thin wrapper: the session logic lives in `TherapySession`, driven here by the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import threading
 
@@ -131,6 +132,19 @@ def state_to_msg(state, stamp) -> TherapyState:
     return msg
 
 
+def _guarded(callback):
+    """A failing callback logs the error and the node keeps running (a session must not die
+    on one bad message)."""
+    @functools.wraps(callback)
+    def wrapper(self, *args):
+        try:
+            return callback(self, *args)
+        except Exception as exc:  # noqa: BLE001 - reported, not swallowed silently
+            self.get_logger().error(f"{callback.__name__}: {type(exc).__name__}: {exc}")
+            return args[-1] if callback.__name__ == "_on_service" else None
+    return wrapper
+
+
 class TherapyNode(Node):
     """The session node. `clock` (callable -> seconds) replaces the node clock in tests."""
 
@@ -167,20 +181,24 @@ class TherapyNode(Node):
         self.tick()
 
     # -- inputs -------------------------------------------------------------------------
+    @_guarded
     def _on_faces(self, msg: FaceExpressionArray) -> None:
         obs = Observation(self._now(), faces_from_msg(msg), int(msg.image_width), int(msg.image_height))
         with self._lock:
             self._flush(self.session.observe(obs))
 
+    @_guarded
     def _on_answer(self, msg: String) -> None:
         with self._lock:
             ok, text = self.session.answer(msg.data, self._now())
             self._flush()
         self._report(ok, f"answer {msg.data!r}: {text}")
 
+    @_guarded
     def _on_command_topic(self, msg: String) -> None:
         self.command(msg.data)
 
+    @_guarded
     def _on_service(self, verb: str, response):
         response.success, response.message = self.command(verb)
         return response
@@ -199,6 +217,7 @@ class TherapyNode(Node):
         else:
             self.get_logger().warning(text)
 
+    @_guarded
     def tick(self) -> None:
         if self._pending_start and self._now() > 0:
             self._pending_start = False

@@ -446,3 +446,26 @@ def test_shipped_config_is_a_short_demo_session_that_completes():
     assert {e["stage"] for e in d.events("stage")} == {"introduction", "teaching", "practice", "done"}
     assert len(d.events("trial_end")) == len(cfg["emotions"]) * (cfg["teaching_trials_per_emotion"]
                                                                   + cfg["practice_trials_per_emotion"])
+
+
+def test_log_failures_are_reported_not_fatal(tmp_path):
+    def refuse():
+        raise PermissionError(13, "Permission denied", "/sessions")
+
+    s = TherapySession(TherapyConfig(), log_factory=refuse)
+    ok, msg = s.start(0.0)
+    assert not ok and "cannot create the session log" in msg and s.stage == "idle"
+
+    class FullDisk(SessionLog):
+        def event(self, kind, t, **fields):
+            if self._seq >= 3:
+                raise OSError(28, "No space left on device")
+            return super().event(kind, t, **fields)
+
+    s = TherapySession(TherapyConfig(intro_seconds=1.0), log_factory=lambda: FullDisk(tmp_path))
+    assert s.start(0.0)[0]
+    outs = [o for t in range(1, 40) for o in s.observe(Observation(t * 0.1, [face()], 640, 480))]
+    alerts = [o.value for o in outs if o.kind == "alert"]
+    assert len(alerts) == 1 and alerts[0].startswith("log_error:") and "No space" in alerts[0]
+    assert s.stage == "teaching"  # the session went on
+    assert len(read_events(s.log.events_path)) == 3
