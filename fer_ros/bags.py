@@ -83,6 +83,53 @@ def typestore():
     return store
 
 
+def _installed_msg_file(msgtype: str) -> Path | None:
+    """share/<pkg>/msg/<Name>.msg of an installed ROS package (AMENT_PREFIX_PATH, this venv)."""
+    pkg, _, name = msgtype.replace("/msg/", "/").partition("/")
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) + [sys.prefix]:
+        path = Path(prefix) / "share" / pkg / "msg" / f"{name}.msg"
+        if prefix and path.is_file():
+            return path
+    return None
+
+
+def _referenced_types(fields) -> list[str]:
+    from rosbags.interfaces import Nodetype
+
+    out = []
+    for _, (kind, spec) in fields:
+        if kind in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+            kind, spec = spec[0]
+        if kind == Nodetype.NAME:
+            out.append(spec)
+    return out
+
+
+def ensure_type(msgtype: str) -> None:
+    """Make a type known to the typestore: standard and fer_ros types are; others are loaded from
+    their installed .msg files (with their dependencies), so `record` can store any topic."""
+    from rosbags.typesys import get_types_from_msg
+
+    store = typestore()
+    pending, found = [msgtype], {}
+    while pending:
+        name = pending.pop()
+        if name in store.fielddefs or name in found:
+            continue
+        path = _installed_msg_file(name)
+        if path is None:
+            raise BagError(f"unknown message type {name}: not a standard ROS 2 type and no installed "
+                           f"definition (share/{name.split('/')[0]}/msg/*.msg under AMENT_PREFIX_PATH)")
+        try:
+            parsed = get_types_from_msg(path.read_text(), name)
+        except Exception as exc:  # noqa: BLE001
+            raise BagError(f"cannot parse {path}: {exc}") from None
+        found.update(parsed)
+        pending.extend(_referenced_types(parsed[name][1]))
+    if found:
+        store.register(found)
+
+
 def msg_class(msgtype: str):
     return typestore().types[msgtype]
 
@@ -216,6 +263,7 @@ class BagWriter:
     def add_topic(self, topic: str, msgtype: str, qos: str = "reliable") -> None:
         if topic in self._connections:
             return
+        ensure_type(msgtype)
         try:
             typestore().get_msgdef(msgtype)
         except Exception as exc:  # noqa: BLE001 - rosbags raises several kinds

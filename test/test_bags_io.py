@@ -340,3 +340,25 @@ def test_cli_rejects_unknown_or_mistyped_node_parameters(tmp_path):
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert needle in proc.stderr, proc.stderr
         assert not (tmp_path / "out").exists()  # no empty output bag left behind
+
+
+def test_installed_custom_type_is_loaded_from_its_msg_file(tmp_path, monkeypatch):
+    """`record` can store a topic of any installed package: definitions come from share/<pkg>/msg."""
+    share = tmp_path / "prefix" / "share" / "acme_test_msgs" / "msg"
+    share.mkdir(parents=True)
+    (share / "Reading.msg").write_text("# a sensor reading\nstd_msgs/Header header\nacme_test_msgs/Level level\n"
+                                       "geometry_msgs/Point[] points\n")
+    (share / "Level.msg").write_text("uint8 LOW=0\nuint8 HIGH=1\nuint8 value\n")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "prefix"))
+    with bags.BagWriter(tmp_path / "bag") as bag:
+        bag.add_topic("/reading", "acme_test_msgs/msg/Reading")
+        ts = bags.typestore()
+        Point = ts.types["geometry_msgs/msg/Point"]
+        msg = ts.types["acme_test_msgs/msg/Reading"](
+            header=bags.make_header(T0), level=ts.types["acme_test_msgs/msg/Level"](value=1),
+            points=[Point(x=1.0, y=2.0, z=3.0)])
+        bag.write("/reading", T0, msg)
+    (got,) = bags.read_bag(tmp_path / "bag")
+    assert got.msg.level.value == 1 and got.msg.points[0].z == 3.0
+    with pytest.raises(bags.BagError, match="unknown message type acme_test_msgs/msg/Missing"):
+        bags.BagWriter(tmp_path / "bag2").add_topic("/x", "acme_test_msgs/msg/Missing")
