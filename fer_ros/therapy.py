@@ -460,7 +460,7 @@ class TherapySession:
 
     # time ---------------------------------------------------------------
     def _advance(self, t: float, timeline: bool = True) -> None:
-        """Move the session clock to t, firing every timer that expires on the way."""
+        """Move the session clock to t and fire the timers that have expired (one deadline per call)."""
         t = float(t)
         if self.now is None:
             self.now = t
