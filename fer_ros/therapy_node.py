@@ -105,7 +105,7 @@ NODE_PARAMS = [
     Param("tick_rate", 10.0, "Rate (Hz) at which timeouts and face loss are checked.", range=(1.0, 1000.0),
           read_only=True),
     *qos_params("expressions_qos", "best_effort", 1,
-                "the faces/expressions subscription (best_effort also accepts reliable publishers)"),
+                "the faces/expressions subscription"),
 ]
 
 PARAMS = SESSION_PARAMS + NODE_PARAMS

@@ -229,3 +229,11 @@ def test_sigkill_node_mid_session_keeps_log(ctx, tmp_path):
     assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
     assert after[0]["event"] == "session_start" and not any(e["event"] == "session_end" for e in after)
     assert [e["outcome"] for e in after if e["event"] == "trial_end"] == ["success"]
+
+
+def test_docs_list_every_parameter():
+    from fer_ros.therapy_node import PARAMS
+
+    doc = (REPO / "docs" / "therapy.md").read_text()
+    missing = [p.name for p in PARAMS if f"| `{p.name}` |" not in doc]
+    assert not missing, f"docs/therapy.md lacks parameters {missing}"
