@@ -358,3 +358,27 @@ def test_bad_parameters_fail_at_start_with_a_clear_error(ros, params, message):
     context, _ = ros
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         ExpressionNode(params=params, subscribe=False, context=context)
+
+
+def test_diagnostics_are_published(ros, node_under_test):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    context, executor = ros
+    node, _, _ = node_under_test
+    client = rclpy.create_node("diag_client", context=context)
+    seen = []
+    client.create_subscription(DiagnosticArray, "/diagnostics", seen.append, 10)
+    executor.add_node(client)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                s.name == "expression_node: facial expressions" for m in seen for s in m.status):
+            time.sleep(0.1)
+    finally:
+        executor.remove_node(client)
+        client.destroy_node()
+    status = next(s for m in seen for s in m.status if s.name == "expression_node: facial expressions")
+    values = {kv.key: kv.value for kv in status.values}
+    for key in ("processed_rate_hz", "latency_ms_p95", "frames_dropped", "frames_malformed", "backend", "model"):
+        assert key in values
+    assert values["model"] == node.model_path and status.hardware_id == "onnxruntime"
