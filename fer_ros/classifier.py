@@ -145,10 +145,14 @@ class TorchBackend:
 
     def _load(self, path: Path):
         torch = self.torch
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception:  # noqa: BLE001 - not TorchScript: a checkpoint dict or a pickled module
+            pass
         obj = None
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - maybe TorchScript, tried below
+        except Exception:  # noqa: BLE001 - reported below
             pass
         if isinstance(obj, dict) and "state_dict" in obj and "config" in obj:
             try:  # a training.train checkpoint: the training package rebuilds the architecture
@@ -161,10 +165,6 @@ class TorchBackend:
             return obj["model"]
         if isinstance(obj, torch.nn.Module):
             return obj
-        try:
-            return torch.jit.load(str(path), map_location="cpu")
-        except Exception:  # noqa: BLE001 - not TorchScript: try a pickled module
-            pass
         raise ValueError(f"{path} is neither a fer_ros training checkpoint, a pickled module nor TorchScript")
 
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -202,3 +202,11 @@ def test_training_checkpoint_with_torch_backend_matches_its_onnx_export(tmp_path
     assert c_torch.backend == "torch"
     np.testing.assert_allclose(c_torch.predict(x), ExpressionClassifier(onnx_path, backend="onnxruntime").predict(x),
                                atol=1e-4)
+
+
+def test_torch_backend_rejects_a_non_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    junk = tmp_path / "junk.pt"
+    torch.save({"epoch": 3}, junk)
+    with pytest.raises(ValueError, match="junk.pt"):
+        ExpressionClassifier(junk, backend="torch")
