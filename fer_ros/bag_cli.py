@@ -257,9 +257,15 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 out.write(bags.EXPRESSIONS_TOPIC, t_recv, raw)
                 summary["outputs"] += 1
 
-        def restamp(raw):
-            msg = deserialize_message(raw, Image) if image_type == bags.IMAGE_TYPE else decompress(raw)
-            orig = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        def restamp(raw, log_time):
+            """(message with a fresh stamp, its label key, the new stamp), or None for a broken message."""
+            try:
+                msg = deserialize_message(raw, Image) if image_type == bags.IMAGE_TYPE else decompress(raw)
+            except Exception as exc:  # noqa: BLE001 - one broken message must not end the replay
+                summary["skipped"] = summary.get("skipped", 0) + 1
+                log(f"warning: skipping an undecodable image at t={log_time} ns: {exc}")
+                return None
+            orig = bags.label_key(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, log_time)
             t = time.time_ns()
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 1_000_000_000)
             return msg, orig, t
@@ -270,11 +276,14 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 try:
                     summary["node"] = _node_description(node)
                     start = last_log = time.perf_counter()
-                    for i, (_, raw) in enumerate(frames()):
+                    for i, (log_time, raw) in enumerate(frames()):
                         if time.perf_counter() - last_log > 5.0:
                             last_log = time.perf_counter()
                             log(f"  {i}/{n_frames} frames, {i / (last_log - start):.1f} frames/s")
-                        msg, orig, t_pub = restamp(raw)
+                        stamped = restamp(raw, log_time)
+                        if stamped is None:
+                            continue
+                        msg, orig, t_pub = stamped
                         result = process_sync(node, msg)
                         t_recv = time.time_ns()
                         write_input(msg, t_pub, orig)
@@ -369,7 +378,10 @@ def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, 
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            msg, orig, t_pub = restamp(raw)
+            stamped = restamp(raw, log_time)
+            if stamped is None:
+                continue
+            msg, orig, t_pub = stamped
             write_input(msg, t_pub, orig)
             pub.publish(msg)
         # wait for the last outputs: until 1 s passes without one (3 s at most)
@@ -614,7 +626,8 @@ def _run(args) -> int:
     elif cmd == "label":
         s = bags.label_bag(args.bag, args.output, args.labels, topic=args.image_topic, storage=args.storage,
                            overwrite=args.overwrite)
-        print(f"wrote {s['bag']}: {s['labelled']} of {s['frames']} images labelled")
+        broken = f" ({s['skipped']} undecodable images skipped)" if s["skipped"] else ""
+        print(f"wrote {s['bag']}: {s['labelled']} of {s['frames']} images labelled{broken}")
     elif cmd == "replay":
         params = parse_params(args.param, args.params_file)
         if args.detector:

@@ -143,6 +143,12 @@ def ns_to_stamp(ns: int):
     return msg_class("builtin_interfaces/msg/Time")(sec=sec, nanosec=nanosec)
 
 
+def label_key(stamp_ns: int, log_time: int) -> int:
+    """The time a ground-truth label of an image is written at: its header stamp, or its log
+    time when the camera driver left the stamp at zero."""
+    return int(stamp_ns) if stamp_ns > 0 else int(log_time)
+
+
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time (rosbags or rclpy) -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
@@ -719,16 +725,21 @@ def label_bag(bag_in, out, labels, topic: str = IMAGE_TOPIC, storage: str | None
             for t, ty in types.items():
                 dst.add_topic(t, ty)
             dst.add_topic(GROUND_TRUTH_TOPIC, STRING_TYPE)
-            index, first, labelled = 0, None, 0
+            index, first, labelled, skipped = 0, None, 0, 0
             for m in src.messages(raw=True):
                 dst.write(m.topic, m.log_time, m.msg)
                 if m.topic != topic:
                     continue
-                stamp = stamp_to_ns(typestore().deserialize_cdr(m.msg, image_type).header.stamp)
+                index += 1
+                try:
+                    header = typestore().deserialize_cdr(m.msg, image_type).header
+                except Exception:  # noqa: BLE001 - a broken image keeps its frame number, gets no label
+                    skipped += 1
+                    continue
+                stamp = label_key(stamp_to_ns(header.stamp), m.log_time)
                 first = stamp if first is None else first
-                label = labels.label(index, (stamp - first) / 1e9)
+                label = labels.label(index - 1, (stamp - first) / 1e9)
                 if label is not None:
                     dst.write(GROUND_TRUTH_TOPIC, stamp, make_string(label))
                     labelled += 1
-                index += 1
-    return {"bag": str(out), "frames": index, "labelled": labelled}
+    return {"bag": str(out), "frames": index, "labelled": labelled, "skipped": skipped}

@@ -211,7 +211,7 @@ def test_label_recorded_bag(tmp_path):
     csv = tmp_path / "l.csv"
     csv.write_text("0.25,0.65,fear\n")
     summary = bags.label_bag(src, tmp_path / "out", csv)
-    assert summary == {"bag": str(tmp_path / "out"), "frames": 10, "labelled": 4}
+    assert summary == {"bag": str(tmp_path / "out"), "frames": 10, "labelled": 4, "skipped": 0}
     gts = {m.log_time: m.msg.data for m in bags.read_bag(tmp_path / "out", [bags.GROUND_TRUTH_TOPIC])}
     assert gts == {T0 + i * 100_000_000: "fear" for i in (3, 4, 5, 6)}
     assert len(bags.read_bag(tmp_path / "out", [bags.IMAGE_TOPIC])) == 10

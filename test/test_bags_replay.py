@@ -246,3 +246,29 @@ def test_compressed_image_bag_replays(model, tmp_path, media):
     assert result["labelled_frames"] == 20 and result["detection_rate"] >= 0.9
     out = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
     assert all((m.msg.image_width, m.msg.image_height) == (640, 360) for m in out)
+
+
+def test_unstamped_camera_and_broken_frame(model, tmp_path, media):
+    """A driver that leaves header.stamp at 0: labels key on log time; a corrupt message is skipped."""
+    cap = cv2.VideoCapture(str(media / "single_face.mp4"))
+    with bags.BagWriter(tmp_path / "rec", storage="sqlite3") as bag:
+        bag.add_topic(bags.IMAGE_TOPIC, bags.IMAGE_TYPE)
+        for i in range(12):
+            ok, frame = cap.read()
+            t = T0 + i * 33_333_333
+            if i == 5:
+                bag.write(bags.IMAGE_TOPIC, t, b"\x00\x01\x00\x00\x05")  # truncated CDR
+            else:
+                bag.write(bags.IMAGE_TOPIC, t, bags.make_image(frame, 0))
+    (tmp_path / "l.csv").write_text("frame,label\n" + "".join(f"{i},fear\n" for i in range(12)))
+    labelled = bags.label_bag(tmp_path / "rec", tmp_path / "lab2", tmp_path / "l.csv")
+    assert (labelled["frames"], labelled["labelled"], labelled["skipped"]) == (12, 11, 1)
+    gts = {m.log_time for m in bags.read_bag(tmp_path / "lab2", [bags.GROUND_TRUTH_TOPIC])}
+    assert gts == {T0 + i * 33_333_333 for i in range(12) if i != 5}  # at the images' log times
+    logs = []
+    summary = bag_cli.replay(tmp_path / "lab2", tmp_path / "out", rate=None, params=_node_params(model),
+                             log=logs.append)
+    assert summary["outputs"] == 11 and summary["skipped"] == 1 and summary["labelled"] == 11
+    assert any("skipping an undecodable image" in line for line in logs)
+    result = evaluation.evaluate_bag(tmp_path / "out")
+    assert result["labelled_frames"] == result["labelled_processed"] == 11
