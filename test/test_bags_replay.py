@@ -221,6 +221,10 @@ def test_cli_round_trip_with_report(model, tmp_path, media):
     assert "| sad |" in (tmp_path / "rep" / "evaluation.md").read_text()
     out = cli("evaluate", "single_face_bag_replay", "--no-labels", "--report", "rep2", "--json")
     assert json.loads(out)["frames_out"] == 36
+    out = cli("info", "single_face_bag_replay")
+    assert "sqlite3, 84 messages" in out  # 36 outputs + 36 frame markers + 12 labels
+    assert "/faces/expressions [fer_ros/msg/FaceExpressionArray] 36 msgs" in out
+    assert "replay_of: single_face_bag" in out and "replay_mode: fast" in out
 
 
 def test_compressed_image_bag_replays(model, tmp_path, media):
