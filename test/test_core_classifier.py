@@ -210,3 +210,28 @@ def test_torch_backend_rejects_a_non_model(tmp_path):
     torch.save({"epoch": 3}, junk)
     with pytest.raises(ValueError, match="junk.pt"):
         ExpressionClassifier(junk, backend="torch")
+
+
+def test_int8_quantized_copy_keeps_the_contract_and_the_answers(tmp_path):
+    """quantize_int8 on a small conv net: same I/O contract, probabilities close to FP32."""
+    torch = pytest.importorskip("torch")
+    from fer_ros.classifier import quantize_int8
+
+    d = np.load(need_shared("data", "fer2013.npz"))
+    off = d["offsets"]
+    imgs = np.stack([cv2.imdecode(d["jpeg"][off[i]:off[i + 1]], cv2.IMREAD_GRAYSCALE) for i in range(160)])
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(16, 7)).eval()
+    fp32 = tmp_path / "fp32.onnx"
+    torch.onnx.export(net, torch.zeros(2, 1, 48, 48), str(fp32), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", imgs[:128])
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops
+    p32 = ExpressionClassifier(fp32, backend="onnxruntime").predict(imgs[128:])
+    p8 = ExpressionClassifier(int8, backend="onnxruntime").predict(imgs[128:])
+    assert np.abs(p32 - p8).max() < 0.05
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((0, 48, 48), np.uint8))
