@@ -90,6 +90,9 @@ class ExpressionPipeline:
         frame; a new face appears at most N-1 frames late. 1 = full scan on every frame.
     """
 
+    #: Between frames further apart than this (s), faces may have moved anywhere: full scan.
+    MAX_GAP_S = 0.5
+
     def __init__(self, detector="default", classifier: ExpressionClassifier | None = None,
                  tracking: bool = True, smoothing: float = 0.6, margin: float | None = None,
                  max_faces: int | None = 20, min_face_size: int = 30, iou_threshold: float = 0.3,
@@ -119,6 +122,7 @@ class ExpressionPipeline:
         self._since_scan: int | None = None  # frames since the last full scan (None: scan now)
         self._last_boxes = np.zeros((0, 5), np.float32)
         self._last_shape = None
+        self._last_stamp: float | None = None
         self.max_faces = max_faces
         self.min_face_size = int(min_face_size)
         self.tracker = FaceTracker(iou_threshold, max_age_s, max_age_frames, smoothing) if tracking else None
@@ -136,14 +140,17 @@ class ExpressionPipeline:
         self._since_scan = None
         self._last_boxes = np.zeros((0, 5), np.float32)
 
-    def detect(self, frame) -> np.ndarray:
-        """Full scan every `detect_interval` frames (or after a face was lost), else re-detect
-        near the previous faces. Returns the selected boxes [K, 5]."""
+    def detect(self, frame, stamp: float | None = None) -> np.ndarray:
+        """Full scan every `detect_interval` frames (or after a face was lost, a change of frame
+        size, or a gap of more than MAX_GAP_S between stamps), else re-detect near the previous
+        faces. Returns the selected boxes [K, 5]."""
         near = getattr(self.detector, "detect_near", None)
         shape = np.shape(frame)[:2]
+        gap = (stamp is not None and self._last_stamp is not None
+               and not 0.0 <= stamp - self._last_stamp <= self.MAX_GAP_S)
         scan = (near is None or self.detect_interval == 1 or self._since_scan is None
-                or self._since_scan + 1 >= self.detect_interval or shape != self._last_shape)
-        self._last_shape = shape
+                or self._since_scan + 1 >= self.detect_interval or shape != self._last_shape or gap)
+        self._last_shape, self._last_stamp = shape, stamp
         if scan:
             boxes = self.select(np.asarray(self.detector.detect(frame), np.float32).reshape(-1, 5))
             self._since_scan = 0
@@ -174,14 +181,15 @@ class ExpressionPipeline:
         if frame.size == 0 or frame.ndim not in (2, 3):
             raise ValueError(f"empty or malformed frame of shape {frame.shape}: expected HxW, HxWx3 or HxWx4 uint8")
         t0 = time.perf_counter()
-        boxes = self.detect(frame).copy()
+        stamp = stamp_seconds(stamp)
+        boxes = self.detect(frame, stamp).copy()
         boxes[:, :4] = np.round(boxes[:, :4])  # the reported integer box is exactly what is cropped
         t1 = time.perf_counter()
         faces = crop_faces(frame, boxes[:, :4], self.margin)
         probs = self.classifier.predict(faces)
         t2 = time.perf_counter()
         if self.tracker is not None:
-            ids, scores = self.tracker.update(boxes[:, :4], probs, stamp_seconds(stamp))
+            ids, scores = self.tracker.update(boxes[:, :4], probs, stamp)
             scores = scores.astype(np.float32)
         else:
             ids, scores = np.arange(1, len(boxes) + 1), probs

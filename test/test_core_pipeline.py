@@ -162,3 +162,44 @@ def test_ros_time_stamp_objects(clf):
     assert pipe.process(img, Stamp(10.0))[0].face_id == 1
     assert pipe.process(img, Stamp(10.3))[0].face_id == 1
     assert pipe.process(img, Stamp(11.5))[0].face_id == 2  # gone longer than max_age_s
+
+
+class ScriptedDetector:
+    """Fixed faces; records which frames got a full scan and which a re-detection."""
+
+    def __init__(self, boxes):
+        self.boxes, self.log, self.lose_next = np.asarray(boxes, np.float32), [], False
+
+    def detect(self, frame):
+        self.log.append("scan")
+        return self.boxes.copy()
+
+    def detect_near(self, frame, boxes):
+        self.log.append("near")
+        out = np.asarray(boxes, np.float32)
+        if self.lose_next:
+            self.lose_next = False
+            return out[1:]
+        return out
+
+
+def test_full_scans_every_interval_and_after_a_loss_gap_or_resize(clf):
+    det = ScriptedDetector([[100, 100, 80, 80, 0.9], [300, 100, 80, 80, 0.9]])
+    pipe = ExpressionPipeline(detector=det, classifier=clf, detect_interval=4)
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    t = 0.0
+    for _ in range(9):
+        assert len(pipe.process(frame, t)) == 2
+        t += 0.033
+    assert det.log == ["scan", "near", "near", "near"] * 2 + ["scan"]
+    det.log.clear()
+    det.lose_next = True
+    pipe.process(frame, t)  # a face lost near its last place ...
+    pipe.process(frame, t + 0.033)  # ... so the whole frame is scanned next
+    assert det.log == ["near", "scan"]
+    det.log.clear()
+    pipe.process(frame, t + 2.0)  # 2 s gap in the stream
+    pipe.process(np.full((240, 320, 3), 100, np.uint8), t + 2.033)  # new frame size
+    assert det.log == ["scan", "scan"]
+    ids = [r.face_id for r in pipe.process(frame, t + 2.066)]
+    assert ids == [1, 2]  # the same two people throughout
