@@ -202,4 +202,4 @@ def test_full_scans_every_interval_and_after_a_loss_gap_or_resize(clf):
     pipe.process(np.full((240, 320, 3), 100, np.uint8), t + 2.033)  # new frame size
     assert det.log == ["scan", "scan"]
     ids = [r.face_id for r in pipe.process(frame, t + 2.066)]
-    assert ids == [1, 2]  # the same two people throughout
+    assert ids == [3, 4]  # after the 2 s gap (> max_age_s) they count as new tracks
