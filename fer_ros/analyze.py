@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--margin", type=float, default=None, help="crop margin per side (default: the model's)")
     parser.add_argument("--max-faces", type=int, default=20, help="largest faces kept per frame (default: %(default)s)")
     parser.add_argument("--min-face-size", type=int, default=30, help="smallest face side in pixels (default: %(default)s)")
+    parser.add_argument("--detect-interval", type=int, default=1,
+                        help="full face scan every N frames, re-detect near known faces in between "
+                             "(default: %(default)s: offline analysis favours completeness over speed)")
     parser.add_argument("--stride", type=int, default=1, help="analyze every Nth video frame (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
@@ -146,8 +149,8 @@ def run(args) -> int:
     path = Path(args.path)
     if not path.exists():
         return _error(f"no such file or folder: {path}")
-    if args.stride < 1:
-        return _error("--stride must be >= 1")
+    if args.stride < 1 or args.detect_interval < 1:
+        return _error("--stride and --detect-interval must be >= 1")
     inputs = collect_inputs(path)
     if not inputs:
         return _error(f"no images or videos in {path} (looked for {', '.join(sorted(IMAGE_EXT | VIDEO_EXT))})")
@@ -160,7 +163,8 @@ def run(args) -> int:
     try:
         pipe = ExpressionPipeline(detector=args.detector, tracking=not args.no_tracking, smoothing=args.smoothing,
                                   margin=args.margin, max_faces=args.max_faces, min_face_size=args.min_face_size,
-                                  detector_params=detector_params, model_path=args.model, backend=args.backend)
+                                  detector_params=detector_params, model_path=args.model, backend=args.backend,
+                                  detect_interval=args.detect_interval)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         return _error(str(exc))
 
