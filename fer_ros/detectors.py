@@ -124,8 +124,8 @@ class HaarDetector:
         out[:, 4] = n / (n + max(self.min_neighbors, 1))
         return out
 
-    def detect_near(self, frame, boxes, grow: float = 0.25, face_px: int = 32,
-                    size_range: float = 1.3) -> np.ndarray:
+    def detect_near(self, frame, boxes, grow: float = 0.35, face_px: int = 32,
+                    size_range: float = 1.25) -> np.ndarray:
         """Re-detect faces only around known boxes [K, >=4] (the faces of the previous frame).
 
         Each box is widened by `grow` of its size per side and shrunk so the face is about
