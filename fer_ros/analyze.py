@@ -78,7 +78,11 @@ def analyze_image(pipe, path: Path, annotate_to: Path | None) -> dict:
     pipe.reset()
     results = pipe.process(frame)
     if annotate_to is not None:
-        if not cv2.imwrite(str(annotate_to), draw_results(frame, results)):
+        try:
+            ok = cv2.imwrite(str(annotate_to), draw_results(frame, results))
+        except cv2.error:
+            ok = False
+        if not ok:
             raise ValueError(f"cannot write the annotated image {annotate_to} (unknown extension or bad folder?)")
     return {"path": str(path), "kind": "image", "width": frame.shape[1], "height": frame.shape[0], "fps": None,
             "frames": [{"frame": 0, "time_s": 0.0, "faces": [r.to_dict() for r in results]}]}
