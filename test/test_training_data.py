@@ -1,0 +1,92 @@
+"""Dataset loaders return the counts documented in shared/README.md; folds and augmentation."""
+
+import numpy as np
+import pytest
+
+from conftest import need_shared
+from fer_ros.preprocess import crop_face
+from training import data as D
+
+
+@pytest.fixture(scope="module")
+def fer():
+    return D.load_fer2013(need_shared("data", "fer2013.npz"))
+
+
+def test_fer2013_counts(fer):
+    assert fer.images.shape == (28709 + 3589, 48, 48) and fer.images.dtype == np.uint8
+    assert fer.subset(fer.split == 0).counts() == [3995, 436, 4097, 7215, 4830, 3171, 4965]
+    assert fer.subset(fer.split == 1).counts() == [467, 56, 496, 895, 653, 415, 607]
+
+
+def test_fer2013_csv_layout_round_trip(fer, tmp_path):
+    idx = np.r_[0:40, len(fer) - 20:len(fer)]
+    small = fer.subset(idx)
+    D.write_fer_csv(small, tmp_path / "fer2013.csv")
+    back = D.load_fer2013(tmp_path / "fer2013.csv")
+    assert np.array_equal(back.images, small.images)
+    assert np.array_equal(back.labels, small.labels) and np.array_equal(back.split, small.split)
+    (tmp_path / "bad.csv").write_text("emotion,pixels\n0,1 2 3\n")
+    with pytest.raises(ValueError, match="Usage"):
+        D.load_fer2013(tmp_path / "bad.csv")
+
+
+def test_jaffe_detected_faces_and_counts():
+    j = D.load_jaffe(need_shared("data", "jaffe.npz"))
+    assert j.counts() == [30, 29, 32, 31, 31, 30, 30]
+    assert j.info["undetected"] == []  # the package's Haar detector finds every JAFFE face
+    assert len(set(j.subject)) == 10
+    boxes = np.array(j.info["boxes"])
+    # a face, not the whole 256x256 image: boxes are a plausible face size and inside the image
+    assert (boxes[:, 2] > 60).all() and (boxes[:, 2] < 220).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 256).all()
+    assert j.faces48().shape == (213, 48, 48)
+
+
+def test_ckplus_setups():
+    p = need_shared("data", "ckplus48.npz")
+    small6 = D.load_ckplus48(p, "small6")
+    assert len(small6) == 309 and len(set(small6.subject)) == 106
+    assert small6.class_names == D.CK6
+    large7 = D.load_ckplus48(p, "large7")
+    assert len(large7) == 981 and len(set(large7.subject)) == 118
+    assert large7.counts()[large7.class_names.index("contempt")] == 54
+    assert len(D.load_ckplus48(p, "small7")) == 327
+    with pytest.raises(ValueError, match="neutral"):
+        D.load_ckplus48(p, "small8")
+
+
+def test_folds_subject_independent_and_sequences_together():
+    fs = D.load_ckplus48(need_shared("data", "ckplus48.npz"), "large6")
+    folds = D.kfold(fs, 5, "subject")
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(fs)))
+    subj = [set(fs.subject[f]) for f in folds]
+    for i in range(5):
+        for k in range(i + 1, 5):
+            assert not subj[i] & subj[k]
+    rnd = D.kfold(fs, 5, "random")
+    where = np.empty(len(fs), int)
+    for i, f in enumerate(rnd):
+        where[f] = i
+    for g in np.unique(fs.group):  # the 3 frames of a sequence share a fold
+        assert len(set(where[fs.group == g])) == 1
+    # random folds mix subjects across folds (that is what makes them easier)
+    assert sum(len(set(fs.subject[f])) for f in rnd) > len(set(fs.subject))
+
+
+def test_augment_crops_inside_the_box(fer):
+    imgs = fer.images[:64]
+    same = D.augment(imgs, np.random.default_rng(0), min_scale=1.0, flip=False)
+    assert np.array_equal(same, imgs)  # 100% crop, no flip = the face itself
+    rng = np.random.default_rng(1)
+    aug = D.augment(imgs, rng, min_scale=0.85)
+    assert aug.shape == (64, 48, 48) and aug.dtype == np.uint8
+    assert not np.array_equal(aug, imgs)
+    # each augmented face matches some crop of 85-100% of its image (or its mirror) better than
+    # another image does: check one by brute force over scale/offset
+    im = imgs[3]
+    best = min(np.abs(crop_face(im, (x, y, s, s)).astype(int) - aug[3]).mean()
+               for s in range(41, 49) for x in range(0, 49 - s) for y in range(0, 49 - s))
+    best_f = min(np.abs(crop_face(im[:, ::-1].copy(), (x, y, s, s)).astype(int) - aug[3]).mean()
+                 for s in range(41, 49) for x in range(0, 49 - s) for y in range(0, 49 - s))
+    assert min(best, best_f) < 6

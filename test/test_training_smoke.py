@@ -1,0 +1,62 @@
+"""Smoke training on a few hundred real FER-2013 faces: the loss falls, checkpoints are
+written and resumed, and the ONNX export reproduces PyTorch on real faces."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import need_shared
+from fer_ros.preprocess import normalize
+from training import data as D
+from training.export import compare, export_onnx
+from training.model import load_checkpoint
+from training.train import TrainConfig, train_model
+
+
+@pytest.fixture(scope="module")
+def small_fer():
+    fer = D.load_fer2013(need_shared("data", "fer2013.npz"))
+    tr = np.flatnonzero(fer.split == 0)[:320]
+    va = np.flatnonzero(fer.split == 1)[:128]
+    return fer.subset(tr), fer.subset(va)
+
+
+def _cfg(epochs, **kw):
+    base = dict(epochs=epochs, lr=0.01, seed=3, device="cpu", progress=False, shared=str(need_shared()))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_falls_checkpoint_resume_and_export(small_fer, tmp_path):
+    torch.set_num_threads(2)
+    train, val = small_fer
+    out = tmp_path / "run"
+    # no augmentation here so that the falling loss reflects learning, not luck of the crops
+    _, r1 = train_model(train, val, _cfg(2, augment=False), out=out, quiet=True)
+    assert (out / "last.pt").exists() and (out / "best.pt").exists() and (out / "curves.png").exists()
+    _, r2 = train_model(train, val, _cfg(4, augment=False), out=out, resume=True, quiet=True)
+    hist = r2["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]  # resumed at epoch 3, kept the first two
+    assert hist[:2] == r1["history"]
+    assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]
+    saved = json.loads((out / "history.json").read_text())
+    assert len(saved) == 4
+
+    model = load_checkpoint(out / "final.pt")
+    assert model.num_classes == 7 and not model.training
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    faces = val.images[:64]
+    for n in (1, 7, 64):  # dynamic batch
+        assert compare(model, onnx_path, normalize(faces[:n])) < 1e-4
+    # the checkpoint holds the selected model: its accuracy is the reported one
+    with torch.no_grad():
+        pred = model(torch.from_numpy(normalize(val.images))).argmax(1).numpy()
+    assert np.mean(pred == val.labels) == pytest.approx(r2["val"]["accuracy"])
+
+
+def test_augmented_training_runs_with_center_loss(small_fer, tmp_path):
+    train, val = small_fer
+    _, r = train_model(train.subset(np.arange(128)), None, _cfg(1, center_lambda=0.001), out=None, quiet=True)
+    assert np.isfinite(r["history"][0]["train_loss"])

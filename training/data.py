@@ -1,0 +1,294 @@
+"""Datasets for training and evaluation: FER-2013, JAFFE, CK+ (shared npz files and the
+original layouts users download), plus the augmentation.
+
+Every loader returns a `FaceSet`: `images` uint8 [N,H,W] where the whole image is the face
+box (FER-2013 and CK+48 are already 48x48 crops; JAFFE faces are detected with the
+package's own detector and cropped with `fer_ros.preprocess.crop_faces`), integer `labels`
+indexing `class_names`, and `subject` / `split` where the data has them.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_ros import LABELS
+from fer_ros.preprocess import FACE_SIZE, crop_face, crop_faces
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: CK+ class names (CK+48 `class_names` and the Emotion-file codes 1..7) -> the package's names.
+CK_TO_LABEL = {"anger": "angry", "contempt": "contempt", "disgust": "disgust", "fear": "fear",
+               "happy": "happy", "sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
+#: Emotion-file codes of the original CK+ release.
+CK_CODES = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
+CK6 = ("angry", "disgust", "fear", "happy", "sad", "surprise")
+CK7 = CK6 + ("contempt",)
+CK8 = CK7 + ("neutral",)
+
+
+def shared_path(path=None) -> Path:
+    """The shared data folder: `path`, else $FER_SHARED, else ../shared beside the repo."""
+    return Path(path or os.environ.get("FER_SHARED") or REPO.parent / "shared").resolve()
+
+
+@dataclass
+class FaceSet:
+    images: np.ndarray  # uint8 [N,H,W], the whole image is the face box
+    labels: np.ndarray  # int64 [N] into class_names
+    class_names: tuple
+    subject: np.ndarray | None = None  # str [N]
+    split: np.ndarray | None = None  # int [N] (FER-2013: 0 Training, 1 PublicTest, 2 PrivateTest)
+    group: np.ndarray | None = None  # int [N]: samples of one group (a CK+ sequence) stay in one fold
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "FaceSet":
+        idx = np.asarray(idx)
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return FaceSet(self.images[idx], self.labels[idx], self.class_names, pick(self.subject),
+                       pick(self.split), pick(self.group), dict(self.info))
+
+    def counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=len(self.class_names)).tolist()
+
+    def faces48(self) -> np.ndarray:
+        """uint8 [N,48,48] evaluation inputs (whole image = box, no augmentation)."""
+        if self.images.shape[1:] == (FACE_SIZE, FACE_SIZE):
+            return self.images
+        return np.stack([crop_face(im, (0, 0, im.shape[1], im.shape[0])) for im in self.images])
+
+    def relabel(self, class_names) -> "FaceSet":
+        """Map to another class list by name, dropping samples whose class it lacks."""
+        class_names = tuple(class_names)
+        lut = np.array([class_names.index(c) if c in class_names else -1 for c in self.class_names])
+        new = lut[self.labels]
+        keep = np.flatnonzero(new >= 0)
+        out = self.subset(keep)
+        out.labels = new[keep].astype(np.int64)
+        out.class_names = class_names
+        return out
+
+
+# ---------------------------------------------------------------- FER-2013
+FER_SPLITS = ("Training", "PublicTest", "PrivateTest")
+
+
+def load_fer2013(path) -> FaceSet:
+    """FER-2013 from the shared npz (JPEG bytes + offsets) or the original `fer2013.csv`
+    (columns emotion, pixels, Usage). split: 0 Training, 1 PublicTest, 2 PrivateTest."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FER-2013 not found at {path}")
+    if path.suffix == ".csv":
+        return _load_fer_csv(path)
+    d = np.load(path)
+    jpeg, off = d["jpeg"], d["offsets"]
+    # A compact copy (training.devcarry) stores the JPEG header all files share once, as `prefix`.
+    pre = d["prefix"].tobytes() if "prefix" in d else b""
+    images = np.stack([cv2.imdecode(np.frombuffer(pre + jpeg[a:b].tobytes(), np.uint8) if pre else jpeg[a:b],
+                                    cv2.IMREAD_GRAYSCALE) for a, b in zip(off[:-1], off[1:])])
+    names = [str(s) for s in d["split_names"]]
+    split = np.array([FER_SPLITS.index(names[s]) for s in d["split"]], np.int64)
+    return FaceSet(images, d["labels"].astype(np.int64), LABELS, split=split, info={"source": str(path)})
+
+
+def _load_fer_csv(path: Path) -> FaceSet:
+    imgs, labels, split = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not the fer2013.csv layout, missing columns {sorted(missing)}")
+        for row in reader:
+            px = np.array(row["pixels"].split(), np.uint8)
+            if px.size != 48 * 48:
+                raise ValueError(f"{path}: line {reader.line_num} has {px.size} pixels, expected 2304")
+            imgs.append(px.reshape(48, 48))
+            labels.append(int(row["emotion"]))
+            split.append(FER_SPLITS.index(row["Usage"]))
+    return FaceSet(np.stack(imgs), np.array(labels, np.int64), LABELS, split=np.array(split, np.int64),
+                   info={"source": str(path)})
+
+
+def write_fer_csv(fs: FaceSet, path) -> None:
+    """Write a FaceSet in the original fer2013.csv layout (for users' tools and tests)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for im, y, s in zip(fs.images, fs.labels, fs.split):
+            w.writerow([int(y), " ".join(map(str, im.reshape(-1).tolist())), FER_SPLITS[int(s)]])
+
+
+# ---------------------------------------------------------------- JAFFE
+def detect_largest(detector, image) -> np.ndarray | None:
+    """Largest (x,y,w,h) box the package's detector finds, or None."""
+    boxes = detector.detect(image)
+    if len(boxes) == 0:
+        return None
+    return boxes[np.argmax(boxes[:, 2] * boxes[:, 3]), :4]
+
+
+def load_jaffe(path, detector: str = "haar", size: int = 96, margin: float = 0.0, **det_params) -> FaceSet:
+    """JAFFE: detect the face in every 256x256 image with fer_ros.detectors and crop it with
+    fer_ros.preprocess.crop_faces at `size` (96 keeps detail for the random-crop augmentation;
+    evaluation resizes the whole crop to 48x48 exactly as inference does). Images where no
+    face is found fall back to the central 60% (counted in info["undetected"])."""
+    from fer_ros.detectors import make_detector
+    d = np.load(path)
+    if "faces" in d:  # pre-cropped by training.devcarry with this same function
+        return FaceSet(d["faces"], d["labels"].astype(np.int64), LABELS, subject=d["subject"].astype(str),
+                       info={"source": str(path), "detector": str(d["detector"]), "undetected": []})
+    det = make_detector(detector, **det_params)
+    out, boxes, undetected = [], [], []
+    for i, im in enumerate(d["images"]):
+        box = detect_largest(det, im)
+        if box is None:
+            h, w = im.shape[:2]
+            box = np.array([0.2 * w, 0.2 * h, 0.6 * w, 0.6 * h], np.float32)
+            undetected.append(str(d["filenames"][i]))
+        boxes.append(box)
+        out.append(crop_faces(im, [box], margin=margin, size=size)[0])
+    names = tuple(str(c) for c in d["class_names"])
+    lut = np.array([LABELS.index(n) for n in names])
+    return FaceSet(np.stack(out), lut[d["labels"]].astype(np.int64), LABELS, subject=d["subject"].astype(str),
+                   info={"source": str(path), "detector": detector, "boxes": np.array(boxes).tolist(),
+                         "undetected": undetected})
+
+
+# ---------------------------------------------------------------- CK+
+CK_SETUPS = {
+    # name: (frames, classes). "small" = last frame of each sequence, "large" = last three.
+    "small6": ("last", CK6), "small7": ("last", CK7), "large6": ("last3", CK6), "large7": ("last3", CK7),
+}
+#: Setups the paper uses that the shared CK+48 cannot form, and why.
+CK_UNAVAILABLE = {
+    "small8/large8": "8 classes need neutral faces (the onset frames), which CK+48 does not include; "
+                     "load_ckplus_folder() forms them from the original CK+ release",
+}
+
+
+def load_ckplus48(path, setup: str = "small6") -> FaceSet:
+    """CK+48 crops in one of CK_SETUPS; `group` is the sequence, `subject` the person."""
+    if setup not in CK_SETUPS:
+        raise ValueError(f"unknown CK+ setup {setup!r}; choose from {sorted(CK_SETUPS)} "
+                         f"(not formable from CK+48: {CK_UNAVAILABLE})")
+    frames, classes = CK_SETUPS[setup]
+    d = np.load(path)
+    names = [CK_TO_LABEL[str(c)] for c in d["class_names"]]
+    lab = np.array([names.index(n) for n in names])[d["labels"]]
+    keep = d["is_last_frame"] if frames == "last" else np.ones(len(lab), bool)
+    seq = np.unique(np.char.add(d["subject"].astype(str), d["sequence"].astype(str)), return_inverse=True)[1]
+    fs = FaceSet(d["images"], lab.astype(np.int64), tuple(names), subject=d["subject"].astype(str),
+                 group=seq.reshape(-1), info={"source": str(path), "setup": setup}).subset(np.flatnonzero(keep))
+    return fs.relabel(classes)
+
+
+def load_ckplus_folder(root, setup: str = "small8", detector: str = "haar", size: int = 96,
+                       **det_params) -> FaceSet:
+    """The original CK+ release: root/cohn-kanade-images/Sxxx/nnn/*.png and
+    root/Emotion/Sxxx/nnn/*_emotion.txt (codes 0 neutral .. 7 surprise; only labelled
+    sequences are used). "small*": the last frame, "large*": the last three; 8-class setups
+    add the first (neutral) frame of each labelled sequence. Faces are detected with the
+    package's detector (`whole` for pre-cropped frames) and cropped at `size`."""
+    from fer_ros.detectors import make_detector
+    frames, ncls = setup[:5], int(setup[5:])
+    classes = {6: CK6, 7: CK7, 8: CK8}.get(ncls)
+    if frames not in ("small", "large") or classes is None:
+        raise ValueError(f"setup must be small6/7/8 or large6/7/8, got {setup!r}")
+    root = Path(root)
+    emo_root, img_root = root / "Emotion", root / "cohn-kanade-images"
+    if not emo_root.is_dir() or not img_root.is_dir():
+        raise FileNotFoundError(f"{root}: expected the CK+ folders 'Emotion' and 'cohn-kanade-images'")
+    det = make_detector(detector, **det_params)
+    imgs, labels, subj, group, undetected = [], [], [], [], 0
+    for k, emo in enumerate(sorted(emo_root.glob("S*/*/*_emotion.txt"))):
+        code = int(float(emo.read_text().split()[0]))
+        seq_dir = img_root / emo.parent.parent.name / emo.parent.name
+        pngs = sorted(seq_dir.glob("*.png"))
+        if not pngs:
+            continue
+        picks = [(p, CK_TO_LABEL[CK_CODES[code]]) for p in pngs[-(1 if frames == "small" else 3):]]
+        if ncls == 8:
+            picks.append((pngs[0], "neutral"))
+        for p, name in picks:
+            if name not in classes:
+                continue
+            im = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            if im is None:
+                raise ValueError(f"cannot read {p}")
+            box = detect_largest(det, im)
+            if box is None:
+                undetected += 1
+                h, w = im.shape
+                box = (0.2 * w, 0.2 * h, 0.6 * w, 0.6 * h)
+            imgs.append(crop_faces(im, [box], size=size)[0])
+            labels.append(classes.index(name))
+            subj.append(emo.parent.parent.name)
+            group.append(k)
+    if not imgs:
+        raise ValueError(f"{root}: no labelled CK+ sequences found")
+    return FaceSet(np.stack(imgs), np.array(labels, np.int64), classes, subject=np.array(subj),
+                   group=np.array(group), info={"source": str(root), "setup": setup, "undetected": undetected})
+
+
+# ---------------------------------------------------------------- folds
+def kfold(fs: FaceSet, k: int = 5, by: str = "random", seed: int = 0) -> list[np.ndarray]:
+    """Fold index per sample -> list of k test-index arrays.
+
+    by="random": the paper's protocol, samples shuffled (but the frames of one CK+ sequence
+    kept together, so a fold never tests on a near-copy of a training frame);
+    by="subject": subject-independent, all images of a person in one fold (subjects are
+    dealt to folds largest first, to balance fold sizes).
+    """
+    rng = np.random.default_rng(seed)
+    n = len(fs)
+    if by == "random":
+        units = fs.group if fs.group is not None else np.arange(n)
+    elif by == "subject":
+        if fs.subject is None:
+            raise ValueError("this dataset has no subject ids: use by='random'")
+        units = np.unique(fs.subject, return_inverse=True)[1].reshape(-1)
+    else:
+        raise ValueError(f"by must be 'random' or 'subject', got {by!r}")
+    uniq = np.unique(units)
+    rng.shuffle(uniq)
+    fold_of = {}
+    if by == "subject":
+        sizes = {u: int((units == u).sum()) for u in uniq}
+        load = np.zeros(k)
+        for u in sorted(uniq, key=lambda u: -sizes[u]):  # stable after the shuffle
+            f = int(np.argmin(load))
+            fold_of[u] = f
+            load[f] += sizes[u]
+    else:
+        for i, u in enumerate(uniq):
+            fold_of[u] = i % k
+    f = np.array([fold_of[u] for u in units])
+    return [np.flatnonzero(f == i) for i in range(k)]
+
+
+# ---------------------------------------------------------------- augmentation
+def augment(images: np.ndarray, rng: np.random.Generator, min_scale: float = 0.85, flip: bool = True,
+            size: int = FACE_SIZE) -> np.ndarray:
+    """Random crop of 85-100% of the face box (side), resized to 48x48 with the package's
+    `crop_face`, and a horizontal flip with probability 1/2. uint8 [N,H,W] -> [N,48,48]."""
+    n, h, w = images.shape
+    s = rng.uniform(min_scale, 1.0, n)
+    cw, ch = s * w, s * h
+    x0 = rng.uniform(0, 1, n) * (w - cw)
+    y0 = rng.uniform(0, 1, n) * (h - ch)
+    out = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        out[i] = crop_face(images[i], (x0[i], y0[i], cw[i], ch[i]), 0.0, size)
+    if flip:
+        f = rng.random(n) < 0.5
+        out[f] = out[f, :, ::-1]
+    return out

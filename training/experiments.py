@@ -1,0 +1,148 @@
+"""Stage 2 and the paper's tables: 5-fold cross-validation on CK+ / JAFFE, cross-dataset tests.
+
+    # two-stage (ImageNet -> FER-2013 -> JAFFE), paper's random folds and subject-independent folds
+    python -m training.experiments cv --dataset jaffe --init runs/stage1/best.pt --by random --out runs/cv/jaffe_2s_random
+    python -m training.experiments cv --dataset jaffe --init runs/stage1/best.pt --by subject --out runs/cv/jaffe_2s_subject
+    # one-stage (ImageNet -> CK+), softmax only, CK+ "large" 7-class
+    python -m training.experiments cv --dataset ckplus:large7 --init imagenet --center-lambda 0 --out runs/cv/ck_large7_1s
+    # cross-dataset: train on all of JAFFE, test on CK+ (small6)
+    python -m training.experiments cross --source jaffe --target ckplus:small6 --init runs/stage1/best.pt --out runs/cross/jaffe_to_ck
+
+Datasets: `fer2013`, `jaffe`, `ckplus:<setup>` with setup in training.data.CK_SETUPS. Within a
+fold the model of the last epoch is tested (no selection on the test fold). Each run writes
+result.json (per-fold and pooled metrics), confusion.png and a loss-curve PNG per fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import data as D
+from training.report import metrics, plot_confusion, plot_curves, write_json
+from training.train import TrainConfig, pick_device, predict_logits, train_model
+
+STAGE2 = dict(lr=0.045, epochs=30)
+
+
+def load_dataset(name: str, shared=None) -> D.FaceSet:
+    root = D.shared_path(shared) / "data"
+    if name == "jaffe":
+        return D.load_jaffe(root / "jaffe.npz")
+    if name.startswith("ckplus"):
+        setup = name.split(":", 1)[1] if ":" in name else "small6"
+        return D.load_ckplus48(root / "ckplus48.npz", setup)
+    if name == "fer2013":
+        return D.load_fer2013(root / "fer2013.npz")
+    raise ValueError(f"unknown dataset {name!r}: use jaffe, ckplus:<setup> or fer2013")
+
+
+def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5, fold_seed: int = 0,
+           folds=None) -> dict:
+    """k-fold CV: train on k-1 folds, test the last-epoch model on the held-out fold."""
+    out = Path(out)
+    per_fold, y_all, p_all = [], [], []
+    for i, test_idx in enumerate(D.kfold(fs, k, by, fold_seed)):
+        if folds is not None and i not in folds:
+            continue
+        train_idx = np.setdiff1d(np.arange(len(fs)), test_idx)
+        fcfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
+        _, res = train_model(fs.subset(train_idx), fs.subset(test_idx), fcfg, out=out / f"fold{i}",
+                             quiet=True, select=False, save_last=False)
+        m = res["val"]
+        per_fold.append({"fold": i, "n_train": len(train_idx), "n_test": len(test_idx), "accuracy": m["accuracy"],
+                         "macro_f1": m["macro_f1"],
+                         "test_subjects": sorted(set(fs.subject[test_idx].tolist())) if by == "subject" else None})
+        y_all.append(fs.labels[test_idx])
+        p_all.append(np.array(m["confusion"]))
+        for f in ("last.pt", "best.pt"):  # keep the run directory small: final.pt is the fold's model
+            (out / f"fold{i}" / f).unlink(missing_ok=True)
+    cm = sum(p_all)
+    # pooled metrics from the summed confusion matrix
+    yt = np.repeat(np.repeat(np.arange(len(cm))[:, None], len(cm), 1).ravel(), cm.ravel())
+    yp = np.repeat(np.tile(np.arange(len(cm)), len(cm)), cm.ravel())
+    pooled = metrics(yt, yp, fs.class_names)
+    accs = [f["accuracy"] for f in per_fold]
+    res = {"kind": "cv", "by": by, "k": k, "fold_seed": fold_seed, "n": len(fs), "counts": fs.counts(),
+           "class_names": list(fs.class_names), "config": asdict(cfg), "folds": per_fold,
+           "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
+           "pooled": pooled, "info": {k2: v for k2, v in fs.info.items() if k2 != "boxes"}}
+    write_json(res, out / "result.json")
+    plot_confusion(pooled, out / "confusion.png",
+                   title=f"{out.name}: {np.mean(accs):.2%} +- {np.std(accs):.2%} ({by} {k}-fold)")
+    return res
+
+
+def run_cross(src: D.FaceSet, tgt: D.FaceSet, cfg: TrainConfig, out) -> dict:
+    """Train on all of `src`, test on the `tgt` images of classes both share (argmax over those)."""
+    out = Path(out)
+    model, res = train_model(src, None, cfg, out=out / "train", quiet=True, select=False, save_last=False)
+    shared = [c for c in src.class_names if c in tgt.class_names]
+    t = tgt.relabel(src.class_names)
+    cols = [src.class_names.index(c) for c in shared]
+    logits = predict_logits(model, t.faces48(), pick_device(cfg.device))
+    pred = np.array(cols)[logits[:, cols].argmax(1)]
+    m = metrics(t.labels, pred, src.class_names)
+    r = {"kind": "cross", "classes": shared, "n_test": len(t), "n_train": len(src), "config": asdict(cfg),
+         "test": m}
+    for f in ("last.pt", "best.pt"):
+        (out / "train" / f).unlink(missing_ok=True)
+    write_json(r, out / "result.json")
+    plot_confusion(m, out / "confusion.png", title=f"{out.name}: {m['accuracy']:.2%} on {len(t)} images")
+    return r
+
+
+def _cfg_from_args(a) -> TrainConfig:
+    base = {**asdict(TrainConfig()), **STAGE2}
+    for f in fields(TrainConfig):
+        v = getattr(a, f.name, None)
+        if v is not None:
+            base[f.name] = v
+    return TrainConfig(**base)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    cv = sub.add_parser("cv", help="k-fold cross-validation")
+    cv.add_argument("--dataset", required=True)
+    cv.add_argument("--by", choices=("random", "subject"), default="random")
+    cv.add_argument("--k", type=int, default=5)
+    cv.add_argument("--fold-seed", type=int, default=0)
+    cv.add_argument("--folds", type=int, nargs="*", default=None, help="run only these folds (smoke runs)")
+    cr = sub.add_parser("cross", help="train on one dataset, test on another")
+    cr.add_argument("--source", required=True)
+    cr.add_argument("--target", required=True)
+    for p in (cv, cr):
+        p.add_argument("--out", required=True)
+        p.add_argument("--shared", default=None)
+        p.add_argument("--init", default="imagenet", help="imagenet, scratch, or a stage-1 checkpoint (two-stage)")
+        for f in fields(TrainConfig):
+            if f.name in ("init", "shared", "extra", "progress"):
+                continue
+            t = type(f.default)
+            if t is bool:
+                p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None)
+            else:
+                p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=t, default=None)
+    a = ap.parse_args(argv)
+    cfg = _cfg_from_args(a)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if a.cmd == "cv":
+        fs = load_dataset(a.dataset, a.shared)
+        r = run_cv(fs, cfg, a.out, a.by, a.k, a.fold_seed, a.folds)
+        print(f"{a.dataset} {a.by} {a.k}-fold: {r['mean_accuracy']:.4f} +- {r['std_accuracy']:.4f} "
+              f"(pooled macro F1 {r['pooled']['macro_f1']:.4f}) -> {a.out}")
+    else:
+        r = run_cross(load_dataset(a.source, a.shared), load_dataset(a.target, a.shared), cfg, a.out)
+        print(f"{a.source} -> {a.target}: {r['test']['accuracy']:.4f} on {r['n_test']} images -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

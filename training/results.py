@@ -1,0 +1,86 @@
+"""Collect a campaign's result.json files into the markdown tables of docs/results.md.
+
+    python -m training.results runs/gpu > /tmp/tables.md
+
+Paper numbers (Miao et al., ACM TOMM 2019) are the ones quoted in the project's issue; "—"
+where the reproduction has no paper figure to set beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PAPER = {"fer": "67.03", "ck6_small": "96.92", "jaffe": "95.24", "jaffe_to_ck": "72.49", "ck_to_jaffe": "50.27"}
+
+
+def _load(p: Path):
+    f = p / "result.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def pct(x):
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def cvcell(r):
+    if r is None:
+        return "not run"
+    nf = len(r["folds"])
+    s = f"{pct(r['mean_accuracy'])} ± {pct(r['std_accuracy'])}"
+    return s + (f" ({nf} of {r['k']} folds)" if nf < r["k"] else "") + f" / F1 {r['pooled']['macro_f1']:.3f}"
+
+
+def tables(runs: Path) -> str:
+    out = []
+    s1 = {n: _load(runs / n) for n in ("s1_center", "s1_softmax", "s1_rgbsum", "s1_cosine")}
+    out += ["### Stage 1: FER-2013 (train on Training, select on PublicTest)", "",
+            "| run | PublicTest acc. % | macro F1 | epochs run (selected) | train time | paper |",
+            "|---|---|---|---|---|---|"]
+    desc = {"s1_center": "softmax + center loss, paper schedule (lr 0.01, x0.94/15 ep.)",
+            "s1_softmax": "softmax only, paper schedule", "s1_rgbsum": "softmax + center, first conv from summed RGB",
+            "s1_cosine": "softmax + center, cosine lr from 0.02"}
+    for n, r in s1.items():
+        if r is None:
+            out.append(f"| {desc[n]} | not run | | | | |")
+            continue
+        v = r["val"]
+        out.append(f"| {desc[n]} (`{n}`) | {pct(v['accuracy'])} | {v['macro_f1']:.3f} | {len(r['history'])} "
+                   f"({r['selected_epoch']}) | {r['train_seconds_this_run']:.0f} s on {r['device_name']} | "
+                   f"{PAPER['fer'] if n == 's1_center' else '—'} |")
+    cv = lambda n: _load(runs / n)  # noqa: E731
+    out += ["", "### Table 2: one-stage (ImageNet → target) vs two-stage (ImageNet → FER-2013 → target), 5-fold CV",
+            "", "| dataset | folds | one-stage % | two-stage % | paper (two-stage) % |", "|---|---|---|---|---|"]
+    for tag, name, paper in (("ck6", "CK+ 6-class, last frame", PAPER["ck6_small"]), ("jaffe", "JAFFE", PAPER["jaffe"])):
+        for by in ("random", "subject"):
+            out.append(f"| {name} | {by} | {cvcell(cv(f'cv_{tag}_1s_{by}'))} | {cvcell(cv(f'cv_{tag}_2s_{by}'))} | "
+                       f"{paper if by == 'random' else '—'} |")
+    out += ["", "### Table 3: softmax vs softmax + center loss (two-stage; CV with random folds)", "",
+            "| data | softmax % | softmax + center loss % |", "|---|---|---|"]
+    sm, ce = s1["s1_softmax"], s1["s1_center"]
+    out.append(f"| FER-2013 PublicTest | {pct(sm['val']['accuracy']) if sm else 'not run'} | "
+               f"{pct(ce['val']['accuracy']) if ce else 'not run'} |")
+    for tag, name in (("ck6", "CK+ 6-class, last frame"), ("jaffe", "JAFFE")):
+        out.append(f"| {name} | {cvcell(cv(f'cv_{tag}_2s_softmax_random'))} | {cvcell(cv(f'cv_{tag}_2s_random'))} |")
+    out += ["", "### Table 5: CK+ setups (two-stage, 5-fold CV)", "",
+            "| setup | images | random folds % | subject-independent % | paper % |", "|---|---|---|---|---|"]
+    for setup, nm in (("small6", "last frame, 6 classes"), ("small7", "last frame, 7 (+contempt)"),
+                      ("large6", "last 3 frames, 6 classes"), ("large7", "last 3 frames, 7 (+contempt)")):
+        key = "ck6" if setup == "small6" else f"ck{setup}"
+        r = cv(f"cv_{key}_2s_random")
+        out.append(f"| {nm} | {r['n'] if r else '?'} | {cvcell(r)} | {cvcell(cv(f'cv_{key}_2s_subject'))} | "
+                   f"{PAPER['ck6_small'] if setup == 'small6' else '—'} |")
+    out += ["| 8 classes (+neutral) | — | cannot be formed from CK+48 (no neutral onset frames) | | — |"]
+    out += ["", "### Cross-dataset (two-stage model trained on all of the source)", "",
+            "| train → test | test images | accuracy % | macro F1 | paper % |", "|---|---|---|---|---|"]
+    for n, nm, paper in (("cross_jaffe_to_ck6", "JAFFE → CK+ (6-class last frame)", PAPER["jaffe_to_ck"]),
+                         ("cross_ck6_to_jaffe", "CK+ (6-class) → JAFFE (6 shared classes)", PAPER["ck_to_jaffe"])):
+        r = cv(n)
+        out.append(f"| {nm} | {r['n_test'] if r else ''} | {pct(r['test']['accuracy']) if r else 'not run'} | "
+                   f"{r['test']['macro_f1']:.3f} | {paper} |" if r else f"| {nm} | | not run | | {paper} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(tables(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")))

@@ -1,0 +1,119 @@
+"""Ship a trained checkpoint as the package's default model, with its model card.
+
+    python -m training.ship runs/stage1/best.pt --command "python -m training.train ..." \
+        --device "NVIDIA H100" [--interim] [--notes "..."]
+
+Exports fer_ros/models/fer_mobilenet_v1.onnx (dynamic batch), checks it against PyTorch on
+all FER-2013 PublicTest faces (prints the max abs logit difference), re-measures PublicTest
+accuracy through ONNX Runtime, and writes fer_ros/models/model_card.json and MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fer_ros import LABELS
+from fer_ros.preprocess import normalize
+from training import data as D
+from training.export import compare, export_onnx
+from training.model import load_checkpoint
+from training.report import metrics
+
+MODELS = Path(__file__).resolve().parents[1] / "fer_ros" / "models"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--command", required=True, help="the exact command that trained the checkpoint")
+    ap.add_argument("--device", required=True, help="where it was trained (e.g. 'NVIDIA H100', '2-core CPU')")
+    ap.add_argument("--trained-on", default=None, help="date of training (default: checkpoint file date)")
+    ap.add_argument("--train-seconds", type=float, default=None)
+    ap.add_argument("--interim", action="store_true", help="mark the model as a stop-gap")
+    ap.add_argument("--notes", default="", help="extra markdown for the card (e.g. latency, architecture choice)")
+    ap.add_argument("--extra-json", default=None, help="JSON file merged into model_card.json['extra']")
+    ap.add_argument("--shared", default=None)
+    ap.add_argument("--out", default=str(MODELS))
+    a = ap.parse_args(argv)
+    model, ck = load_checkpoint(a.checkpoint, with_extra=True)
+    out = Path(a.out)
+    onnx_path = export_onnx(model, out / "fer_mobilenet_v1.onnx")
+    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
+    test = fer.subset(np.flatnonzero(fer.split == 1))
+    x = normalize(test.images)
+    diff = compare(model, onnx_path, x)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([sess.run(["logits"], {"input": x[i:i + 512]})[0] for i in range(0, len(x), 512)])
+    m = metrics(test.labels, logits.argmax(1), LABELS)
+    cfg = ck.get("train_config", {})
+    date = a.trained_on or dt.datetime.fromtimestamp(Path(a.checkpoint).stat().st_mtime, dt.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC")
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    card = {
+        "name": "fer_mobilenet_v1", "file": onnx_path.name, "sha256": sha, "interim": bool(a.interim),
+        "architecture": {**model.config(), "parameters": int(sum(p.numel() for p in model.parameters()))},
+        "input": {"name": "input", "shape": ["N", 1, 48, 48], "dtype": "float32",
+                  "preprocessing": "fer_ros.preprocess.normalize: grayscale face crop resized to 48x48, x/127.5-1"},
+        "output": {"name": "logits", "shape": ["N", 7], "labels": list(LABELS), "note": "apply softmax"},
+        "training": {"command": a.command, "seed": cfg.get("seed"), "config": cfg, "device": a.device,
+                     "trained_on": date, "epochs_run": (ck.get("epoch", -1) + 1) if "epoch" in ck else None,
+                     "train_seconds": a.train_seconds,
+                     "data": "FER-2013 Training split (28,709 images) from shared/data/fer2013.npz; "
+                             "model selected on PublicTest (3,589)"},
+        "scores": {"fer2013_publictest": {k: m[k] for k in ("n", "accuracy", "macro_precision", "macro_recall",
+                                                              "macro_f1")},
+                   "per_class_recall": {c: m["per_class"][c]["recall"] for c in LABELS},
+                   "measured_with": "onnxruntime CPU on the exported file"},
+        "export": {"opset": 17, "max_abs_logit_diff_vs_pytorch_on_publictest": diff, "exported_on":
+                   dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
+        "extra": json.loads(Path(a.extra_json).read_text()) if a.extra_json else {},
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    t = card["training"]
+    md = [f"# fer_mobilenet_v1{' — INTERIM' if a.interim else ''}", ""]
+    if a.interim:
+        md += ["**Interim model**: a short training run shipped so the package works end to end while the full",
+               "training runs. It will be replaced; do not quote its scores as the method's.", ""]
+    md += [
+        "Facial-expression classifier of fer_ros: MobileNetV1 (width "
+        f"{model.width}), 1x48x48 grayscale input, dropout 0.5, 7 classes in `fer_ros.LABELS` order.",
+        f"`ExpressionClassifier()` loads `{onnx_path.name}` (sha256 `{sha[:16]}…`).", "",
+        "## Interface", "- input `input`: float32 [N,1,48,48] = `fer_ros.preprocess.normalize(crop_faces(...))`",
+        "- output `logits`: float32 [N,7] (angry, disgust, fear, happy, sad, surprise, neutral); softmax gives probabilities", "",
+        "## How it was made",
+        f"- command: `{t['command']}`",
+        f"- seed: {t['seed']}; device: {t['device']}; trained: {t['trained_on']}"
+        + (f"; training wall time {a.train_seconds:.0f} s" if a.train_seconds else ""),
+        f"- data: {t['data']}",
+        f"- init: {cfg.get('init')} (first conv {cfg.get('first_conv')}); center loss lambda {cfg.get('center_lambda')},"
+        f" alpha {cfg.get('center_alpha')}; SGD lr {cfg.get('lr')} ({cfg.get('schedule')}), momentum {cfg.get('momentum')},"
+        f" weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch')}, epochs {cfg.get('epochs')}"
+        f" (selected epoch: {t['epochs_run']})",
+        "- augmentation: random crop of 85-100% of the face box, resize to 48x48, horizontal flip", "",
+        "## Scores (FER-2013 PublicTest, 3,589 faces, through ONNX Runtime)",
+        f"- accuracy **{m['accuracy']:.2%}** (paper: 67.03%), macro precision {m['macro_precision']:.3f},"
+        f" recall {m['macro_recall']:.3f}, F1 {m['macro_f1']:.3f}",
+        "- per-class recall: " + ", ".join(f"{c} {m['per_class'][c]['recall']:.2f}" for c in LABELS),
+        "- note: PublicTest is also the selection set (the shared data has no PrivateTest), so this is slightly optimistic.",
+        "", "## Export check",
+        f"- ONNX opset 17, dynamic batch; max |logit difference| vs PyTorch on the 3,589 PublicTest faces: {diff:.2e}",
+        "",
+    ]
+    if a.notes:
+        md += ["## Notes", a.notes, ""]
+    md += ["Training data licences (FER-2013, research use) apply to this model.", ""]
+    (out / "MODEL_CARD.md").write_text("\n".join(md))
+    print(f"shipped {onnx_path}: PublicTest accuracy {m['accuracy']:.4f} (onnxruntime), macro F1 {m['macro_f1']:.4f}; "
+          f"max abs logit diff vs PyTorch {diff:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,359 @@
+"""Training: softmax cross-entropy (+ center loss), SGD, checkpoints, resume, progress, logs.
+
+Stage 1 (ImageNet -> FER-2013, train on Training, select on PublicTest):
+
+    python -m training.train --out runs/stage1 --width 0.75 --epochs 60 --seed 0
+
+`train_model()` is the library entry used by the stage-2 experiments (training.experiments).
+Each run directory gets: last.pt (every epoch, for --resume), best.pt (best validation
+accuracy), history.json, train.log, curves.png, confusion.png, result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fer_ros import LABELS
+from fer_ros.preprocess import normalize
+from training import data as D
+from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
+from training.report import metrics, plot_confusion, plot_curves, write_json
+
+
+# ---------------------------------------------------------------- center loss
+class CenterLoss(nn.Module):
+    """Center loss of Wen et al. (ECCV 2016): L_C = 1/(2m) * sum_i ||x_i - c_{y_i}||^2 over a
+    batch of m features (the mean, as in their Caffe layer), added to cross-entropy with
+    weight lambda. The centres are NOT trained by the optimiser: after each step they move
+    by Wen's rule  c_j <- c_j - alpha * sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.register_buffer("centers", torch.zeros(num_classes, dim))
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.centers[labels].to(feats.dtype)
+        return 0.5 * ((feats - c) ** 2).sum(1).mean()
+
+    @torch.no_grad()
+    def update(self, feats: torch.Tensor, labels: torch.Tensor, alpha: float) -> None:
+        feats = feats.detach().float()
+        k = self.centers.shape[0]
+        diff = self.centers[labels] - feats  # c_{y_i} - x_i
+        num = torch.zeros_like(self.centers).index_add_(0, labels, diff)
+        n = torch.bincount(labels, minlength=k).to(feats.dtype)
+        self.centers -= alpha * num / (1.0 + n)[:, None]
+
+
+# ---------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    width: float = 0.75
+    epochs: int = 60
+    batch: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    lr_decay: float = 0.94
+    decay_every: int = 15
+    schedule: str = "step"  # "step" (paper: x0.94 every 15 epochs) or "cosine"
+    center_lambda: float = 0.001  # 0 disables center loss (softmax only)
+    center_alpha: float = 0.001
+    init: str = "imagenet"  # "imagenet", "scratch", or a checkpoint path (stage 2)
+    first_conv: str = "fresh"  # "fresh" or "rgbsum" (ImageNet init only)
+    dropout: float = 0.5
+    min_scale: float = 0.85
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA only
+    shared: str | None = None
+    eval_every: int = 1
+    max_seconds: float = 0.0  # >0: stop after the epoch that passes this wall time (cosine: fit epochs to it)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
+    return cfg.lr * cfg.lr_decay ** (epoch // cfg.decay_every)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
+    """Build the network for `class_names` and initialise it per cfg.init."""
+    log = log or logging.getLogger("training")
+    model = MobileNetV1(width=cfg.width, num_classes=len(class_names), dropout=cfg.dropout)
+    if cfg.init == "imagenet":
+        info = load_imagenet(model, default_imagenet_path(cfg.width, D.shared_path(cfg.shared)), cfg.first_conv)
+        log.info("ImageNet init (first conv %s): fresh layers %s", cfg.first_conv, info["fresh"])
+    elif cfg.init == "scratch":
+        log.info("random init")
+    else:
+        ck = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        src = build(ck["config"])
+        src.load_state_dict(ck["state_dict"])
+        if src.width != cfg.width:
+            raise ValueError(f"{cfg.init} has width {src.width}, config asks for {cfg.width}")
+        sd = {k: v for k, v in src.state_dict().items() if not k.startswith("classifier.")}
+        model.load_state_dict(sd, strict=False)
+        # Classifier rows of classes the source also had keep their weights (mapped by name).
+        src_names = list(ck.get("labels", LABELS))
+        kept = []
+        with torch.no_grad():
+            for i, c in enumerate(class_names):
+                if c in src_names:
+                    j = src_names.index(c)
+                    model.classifier.weight[i] = src.classifier.weight[j]
+                    model.classifier.bias[i] = src.classifier.bias[j]
+                    kept.append(c)
+        log.info("init from %s; classifier rows kept for %s", cfg.init, kept)
+    return model
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(faces48), batch):
+        x = torch.from_numpy(normalize(faces48[i:i + batch])).to(device)
+        out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), np.float32)
+
+
+def evaluate(model, fs: D.FaceSet, device, class_names=None) -> tuple[dict, float]:
+    """Metrics on a FaceSet (no augmentation) and its mean cross-entropy."""
+    logits = predict_logits(model, fs.faces48(), device)
+    y = fs.labels
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()) if len(y) else 0.0
+    return metrics(y, logits.argmax(1), class_names or fs.class_names), loss
+
+
+# ---------------------------------------------------------------- training loop
+def _epoch_data(fs: D.FaceSet, cfg: TrainConfig, epoch: int):
+    """(faces uint8 [N,48,48], labels, permutation) for one epoch, reproducible from seed+epoch."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    faces = D.augment(fs.images, rng, cfg.min_scale) if cfg.augment else fs.faces48()
+    return faces, rng.permutation(len(fs))
+
+
+def _setup_log(out: Path | None, quiet: bool) -> logging.Logger:
+    log = logging.getLogger(f"training.{out}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        if not quiet:
+            h = logging.StreamHandler()
+            h.setFormatter(fmt)
+            log.addHandler(h)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(out / "train.log")
+            fh.setFormatter(fmt)
+            log.addHandler(fh)
+    return log
+
+
+def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=None, resume: bool = False,
+                quiet: bool = False, select: bool = True, save_last: bool = True):
+    """Train on `train`; evaluate `val` each epoch. Returns (model at best val accuracy when
+    select=True (else the last epoch), result dict). With `out`, writes checkpoints and logs
+    there; resume=True continues from out/last.pt (written every epoch unless save_last=False)."""
+    out = Path(out) if out else None
+    log = _setup_log(out, quiet)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    class_names = tuple(train.class_names)
+    model = make_model(cfg, class_names, log).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    closs = CenterLoss(len(class_names), model.feature_dim).to(device)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)  # no weight decay on BN and biases
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+    start, history, best = 0, [], {"val_acc": -1.0, "epoch": -1}
+    best_state = None
+    if resume and out is not None and (out / "last.pt").exists():
+        ck = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        closs.centers.copy_(ck["centers"])
+        start, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
+        if (out / "best.pt").exists():
+            best_state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["state_dict"]
+        log.info("resumed from %s at epoch %d", out / "last.pt", start)
+    log.info("train %d images %s, val %d, device %s, config %s", len(train), train.counts(),
+             len(val) if val is not None else 0, device, asdict(cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    pool = ThreadPoolExecutor(1)  # augments the next epoch while this one trains
+    nxt = pool.submit(_epoch_data, train, cfg, start) if start < cfg.epochs else None
+    labels_all = torch.from_numpy(train.labels).to(device)
+    t_start = time.time()
+    for epoch in range(start, cfg.epochs):
+        if epoch >= cfg.epochs:  # a time budget shortened the schedule
+            break
+        t0 = time.time()
+        faces, perm = nxt.result()
+        if epoch + 1 < cfg.epochs:
+            nxt = pool.submit(_epoch_data, train, cfg, epoch + 1)
+        x_all = torch.from_numpy(faces).to(device)
+        lr = lr_at(cfg, epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        nb = len(perm) // cfg.batch + (1 if len(perm) % cfg.batch >= 2 else 0)
+        steps = range(nb)
+        bar = None
+        if cfg.progress and not quiet:
+            from tqdm import tqdm
+            bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+            steps = bar
+        tot_loss = tot_c = 0.0
+        correct = seen = 0
+        perm_t = torch.from_numpy(perm).to(device)
+        for b in steps:
+            idx = perm_t[b * cfg.batch:(b + 1) * cfg.batch]
+            x = x_all[idx].float().unsqueeze(1).mul_(1 / 127.5).sub_(1.0)  # == preprocess.normalize
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels_all[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits, feats = model(x, return_features=True)
+            logits, feats = logits.float(), feats.float()
+            ce = F.cross_entropy(logits, y)
+            loss = ce
+            if cfg.center_lambda > 0:
+                lc = closs(feats, y)
+                loss = ce + cfg.center_lambda * lc
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cfg.center_lambda > 0:
+                closs.update(feats, y, cfg.center_alpha)
+            n = len(y)
+            tot_loss += float(loss.detach()) * n if bar is not None else 0.0
+            correct_t = (logits.argmax(1) == y).sum()
+            if bar is not None:
+                correct += int(correct_t)
+                seen += n
+                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4g}")
+            else:  # avoid a GPU sync per step when nobody watches
+                tot_loss += loss.detach() * n
+                correct += correct_t
+                seen += n
+        if bar is not None:
+            bar.close()
+        tot_loss, correct = float(tot_loss), int(correct)
+        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "epoch_s": None}
+        if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            m, vloss = evaluate(model, val, device)
+            rec.update(val_loss=vloss, val_acc=m["accuracy"], val_macro_f1=m["macro_f1"])
+            if select and m["accuracy"] > best["val_acc"]:
+                best = {"val_acc": m["accuracy"], "epoch": epoch + 1, "metrics": m}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if out is not None:
+                    save_checkpoint(out / "best.pt", model, centers=closs.centers.cpu(), epoch=epoch,
+                                    metrics=m, train_config=asdict(cfg))
+        rec["epoch_s"] = time.time() - t0
+        history.append(rec)
+        elapsed = time.time() - t_start
+        if cfg.max_seconds and epoch == start and cfg.schedule == "cosine":
+            # fit the whole cosine schedule into the time budget, measured on this first epoch
+            fit = start + int(cfg.max_seconds / max(rec["epoch_s"], 1e-3))
+            if fit < cfg.epochs:
+                log.info("time budget %.0f s: cosine schedule shortened to %d epochs", cfg.max_seconds, fit)
+                cfg.epochs = max(fit, epoch + 1)
+        log.info("epoch %d/%d lr %.4g loss %.4f acc %.4f%s (%.1f s)", epoch + 1, cfg.epochs, lr, rec["train_loss"],
+                 rec["train_acc"], f" val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}"
+                 if "val_acc" in rec else "", rec["epoch_s"])
+        if out is not None and save_last:
+            save_checkpoint(out / "last.pt", model, optimizer=opt.state_dict(), centers=closs.centers.cpu(),
+                            epoch=epoch, history=history, best=best, train_config=asdict(cfg))
+        if out is not None:
+            write_json(history, out / "history.json")
+        if cfg.max_seconds and elapsed > cfg.max_seconds and epoch + 1 < cfg.epochs:
+            log.info("time budget %.0f s reached after epoch %d: stopping", cfg.max_seconds, epoch + 1)
+            break
+    pool.shutdown(cancel_futures=True)
+    train_s = time.time() - t_start
+    if select and best_state is not None:
+        model.load_state_dict(best_state)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    result = {"config": asdict(cfg), "train_counts": train.counts(), "class_names": list(class_names),
+              "history": history, "train_seconds_this_run": train_s, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    if val is not None:
+        m, _ = evaluate(model, val, device)
+        result["val"] = m
+        result["selected_epoch"] = best["epoch"] if select else len(history)
+    if out is not None:
+        save_checkpoint(out / "final.pt", model, centers=closs.centers.cpu(), train_config=asdict(cfg),
+                        metrics=result.get("val"))
+        write_json(result, out / "result.json")
+        if history:
+            plot_curves(history, out / "curves.png", title=str(out.name))
+        if val is not None:
+            plot_confusion(result["val"], out / "confusion.png")
+    return model, result
+
+
+# ---------------------------------------------------------------- stage 1 CLI
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="run directory (checkpoints, logs, plots)")
+    ap.add_argument("--data", default=None, help="fer2013.npz or fer2013.csv (default: shared data)")
+    ap.add_argument("--shared", default=None, help="shared folder (default $FER_SHARED or ../shared)")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke runs)")
+    ap.add_argument("--val-limit", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--quiet", action="store_true")
+    for f, v in asdict(TrainConfig()).items():
+        if f in ("shared", "extra", "progress"):
+            continue
+        if isinstance(v, bool):
+            ap.add_argument(f"--{f.replace('_', '-')}", dest=f, action=argparse.BooleanOptionalAction, default=v)
+        else:
+            ap.add_argument(f"--{f.replace('_', '-')}", dest=f, type=type(v), default=v)
+    a = ap.parse_args(argv)
+    cfg = TrainConfig(**{k: getattr(a, k) for k in asdict(TrainConfig()) if k != "shared" and hasattr(a, k)},
+                      shared=a.shared)
+    fer = D.load_fer2013(a.data or D.shared_path(a.shared) / "data" / "fer2013.npz")
+    train = fer.subset(np.flatnonzero(fer.split == 0))
+    val = fer.subset(np.flatnonzero(fer.split == 1))
+    if a.limit:
+        train = train.subset(np.arange(min(a.limit, len(train))))
+    if a.val_limit:
+        val = val.subset(np.arange(min(a.val_limit, len(val))))
+    _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet)
+    v = res["val"]
+    print(f"PublicTest accuracy {v['accuracy']:.4f} macro F1 {v['macro_f1']:.4f} (epoch {res['selected_epoch']}); "
+          f"{len(res['history'])} epochs; run dir {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
