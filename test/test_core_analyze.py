@@ -99,3 +99,20 @@ def test_user_mistakes_give_a_message_not_a_traceback(model, tmp_path):
     assert rc == 2 and "no images or videos" in err
     rc, _, err = run_cli(need_shared("media", "single_face.jpg"), "--detector", "yunet", "--model", model)
     assert rc == 2 and "--detector-model" in err
+
+
+def test_draw_results_returns_an_annotated_bgr_copy():
+    from fer_ros.annotate import COLORS, draw_results
+    from fer_ros.pipeline import FaceResult
+
+    scores = np.array([0.05, 0.05, 0.05, 0.7, 0.05, 0.05, 0.05], np.float32)
+    r = FaceResult(7, (40, 60, 100, 100), "happy", 0.7, scores, 0.9)
+    for frame in (np.full((240, 320), 50, np.uint8), np.full((240, 320, 4), 50, np.uint8),
+                  np.full((240, 320, 3), 50, np.uint8)):
+        before = frame.copy()
+        out = draw_results(frame, [r])
+        assert out.shape == (240, 320, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(frame, before)  # the input is not drawn on
+        assert tuple(out[110, 40]) == COLORS["happy"]  # the box's left edge in the label's colour
+        assert (out[:50] != 50).any()  # the "#7 happy 70%" label above the box
+    assert draw_results(np.zeros((10, 10, 3), np.uint8), []).shape == (10, 10, 3)
