@@ -66,8 +66,13 @@ def main(argv=None) -> int:
         poll()
 
     stop = threading.Event()
+    lock = threading.Lock()
 
     def pack():
+        with lock:
+            _pack()
+
+    def _pack():
         tmp = results / "results.tgz.tmp"
         with tarfile.open(tmp, "w:gz") as tar:
             for f in sorted(runs.rglob("*")):
@@ -82,7 +87,8 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - keep packing on the next tick
                 print("pack failed:", e, flush=True)
 
-    threading.Thread(target=packer, daemon=True).start()
+    packer_thread = threading.Thread(target=packer, daemon=True)
+    packer_thread.start()
 
     s1 = ["--epochs", str(a.stage1_epochs), "--max-seconds", str(a.stage1_seconds), "--quiet"]
     cv = ["--epochs", str(a.cv_epochs)]
@@ -137,6 +143,7 @@ def main(argv=None) -> int:
         poll()
         time.sleep(1)
     stop.set()
+    packer_thread.join()
     (runs / "campaign_summary.txt").write_text(
         "\n".join(f"{n}: rc {rc} {s:.1f}s" for n, (rc, s) in done.items()) + f"\ntotal {time.time() - t0:.1f}s\n")
     pack()
