@@ -64,8 +64,9 @@ class HaarDetector:
             small for a 48x48 crop to carry an expression anyway).
         max_size: largest face side in input pixels (None: no limit).
         downscale_width: detect on a copy resized to this width (None or 0: full resolution).
-            Haar's cost grows with the pixel count, so 320 px is ~4x cheaper than 640 px.
-        equalize: histogram-equalise before detecting (helps in dim rooms, costs ~0.2 ms).
+            Haar's cost grows with the pixel count: 320 px is several times cheaper than
+            640 px (bench/bench_pipeline.py) and has fewer false alarms on fine texture.
+        equalize: histogram-equalise before detecting (helps in dim, low-contrast rooms).
         cascade: path of another cascade XML.
 
     Score: neighbours / (neighbours + min_neighbors), in (0, 1); 0.5 is a just-accepted face.
