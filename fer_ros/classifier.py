@@ -28,9 +28,17 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 MODEL_FILE = "fer_mobilenet_v1.onnx"
 
 
+INT8_MODEL_FILE = "fer_mobilenet_v1_int8.onnx"
+
+
 def default_model_path() -> Path:
     """The model shipped with the package (fer_ros/models/fer_mobilenet_v1.onnx)."""
     return Path(__file__).resolve().parent / "models" / MODEL_FILE
+
+
+def default_int8_model_path() -> Path:
+    """An optional INT8 copy of the shipped model (see quantize_int8), used on CPU when present."""
+    return default_model_path().with_name(INT8_MODEL_FILE)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -213,11 +221,14 @@ class ExpressionClassifier:
     backend: "auto", "onnxruntime", "tensorrt" or "torch".
     threads: CPU intra-op threads (default: min(2, cores)).
     engine_cache_dir, fp16: TensorRT engine cache folder and precision.
+    int8: with the default model on the onnxruntime backend, use its INT8 copy
+        (fer_mobilenet_v1_int8.onnx) when the package ships one: "auto" (default) = yes if present.
+        TensorRT always builds from the FP32 ONNX model (in FP16).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, backend: str = "auto",
                  threads: int | None = None, engine_cache_dir: str | os.PathLike | None = None,
-                 fp16: bool = True):
+                 fp16: bool = True, int8: bool | str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown classifier backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.model_path = Path(model_path) if model_path else default_model_path()
@@ -241,6 +252,11 @@ class ExpressionClassifier:
             if backend == "torch":
                 self._impl = TorchBackend(self.model_path, threads=threads)
             else:
+                int8_path = default_int8_model_path()
+                if model_path is None and int8 and int8_path.is_file():
+                    self.model_path = int8_path
+                elif int8 is True and model_path is None:
+                    raise FileNotFoundError(f"int8=True but there is no INT8 model at {int8_path}")
                 self._impl = OnnxRuntimeBackend(self.model_path, threads=threads)
         self.backend = self._impl.name
 

@@ -235,3 +235,23 @@ def test_int8_quantized_copy_keeps_the_contract_and_the_answers(tmp_path):
     assert np.abs(p32 - p8).max() < 0.05
     with pytest.raises(ValueError, match="calibration"):
         quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((0, 48, 48), np.uint8))
+
+
+def test_shipped_int8_copy_agrees_with_the_fp32_model():
+    """If the package ships an INT8 copy (used on CPU by default), it must give the FP32
+    model's answers on real faces."""
+    from fer_ros.classifier import default_int8_model_path
+
+    real_model()  # skips while the trained model is missing
+    if not default_int8_model_path().is_file():
+        pytest.skip(f"no INT8 copy shipped at {default_int8_model_path()}")
+    int8 = ExpressionClassifier(backend="onnxruntime")
+    assert int8.model_path == default_int8_model_path()
+    assert ExpressionClassifier(backend="onnxruntime", int8=False).model_path == default_model_path()
+    d = np.load(need_shared("data", "fer2013.npz"))
+    idx = np.flatnonzero(d["split"] == 1)[:500]
+    off = d["offsets"]
+    imgs = np.stack([cv2.imdecode(d["jpeg"][off[i]:off[i + 1]], cv2.IMREAD_GRAYSCALE) for i in idx])
+    a = ExpressionClassifier(backend="onnxruntime", int8=False).predict(imgs)
+    b = int8.predict(imgs)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
