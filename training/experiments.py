@@ -26,7 +26,7 @@ from training import data as D
 from training.report import metrics, plot_confusion, plot_curves, write_json
 from training.train import TrainConfig, pick_device, predict_logits, train_model
 
-STAGE2 = dict(lr=0.045, epochs=30)
+STAGE2 = dict(lr=0.045, epochs=30, bn_recal=True)
 
 
 def load_dataset(name: str, shared=None) -> D.FaceSet:

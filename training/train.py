@@ -80,6 +80,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA only
     shared: str | None = None
     eval_every: int = 1
+    bn_recal: bool = False  # re-estimate BN statistics on the training faces before evaluating
+    bn_recal_max: int = 5000  # ...after every epoch when the set is this small, else after the last
     max_seconds: float = 0.0  # >0: stop after the epoch that passes this wall time (cosine: fit epochs to it)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -147,6 +149,27 @@ def evaluate(model, fs: D.FaceSet, device, class_names=None) -> tuple[dict, floa
     return metrics(y, logits.argmax(1), class_names or fs.class_names), loss
 
 
+@torch.no_grad()
+def recalibrate_bn(model, faces48: np.ndarray, device, batch: int = 256) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over `faces48` (no
+    augmentation), so evaluation uses statistics of the final weights. Used for the small
+    stage-2 sets, where a few hundred steps at a high learning rate outrun the running means."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was = model.training
+    model.train()
+    for i in range(0, len(faces48), batch):
+        x = torch.from_numpy(normalize(faces48[i:i + batch])).to(device)
+        if len(x) > 1:
+            model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was)
+
+
 # ---------------------------------------------------------------- training loop
 def _epoch_data(fs: D.FaceSet, cfg: TrainConfig, epoch: int):
     """(faces uint8 [N,48,48], labels, permutation) for one epoch, reproducible from seed+epoch."""
@@ -211,6 +234,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     pool = ThreadPoolExecutor(1)  # augments the next epoch while this one trains
     nxt = pool.submit(_epoch_data, train, cfg, start) if start < cfg.epochs else None
     labels_all = torch.from_numpy(train.labels).to(device)
+    train_faces48 = train.faces48() if cfg.bn_recal else None
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
         if epoch >= cfg.epochs:  # a time budget shortened the schedule
@@ -269,6 +293,8 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         tot_loss, correct = float(tot_loss), int(correct)
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
                "train_acc": correct / max(seen, 1), "epoch_s": None}
+        if cfg.bn_recal and (len(train) <= cfg.bn_recal_max or epoch + 1 == cfg.epochs):
+            recalibrate_bn(model, train_faces48, device)
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             m, vloss = evaluate(model, val, device)
             rec.update(val_loss=vloss, val_acc=m["accuracy"], val_macro_f1=m["macro_f1"])
@@ -281,9 +307,10 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         rec["epoch_s"] = time.time() - t0
         history.append(rec)
         elapsed = time.time() - t_start
-        if cfg.max_seconds and epoch == start and cfg.schedule == "cosine":
-            # fit the whole cosine schedule into the time budget, measured on this first epoch
-            fit = start + int(cfg.max_seconds / max(rec["epoch_s"], 1e-3))
+        if cfg.max_seconds and epoch == start + 1 and cfg.schedule == "cosine":
+            # fit the cosine schedule into the time budget, timed on the second epoch (the
+            # first includes start-up and cuDNN autotuning)
+            fit = epoch + 1 + int((cfg.max_seconds - elapsed) / max(rec["epoch_s"], 1e-3))
             if fit < cfg.epochs:
                 log.info("time budget %.0f s: cosine schedule shortened to %d epochs", cfg.max_seconds, fit)
                 cfg.epochs = max(fit, epoch + 1)
