@@ -149,6 +149,11 @@ def run(args) -> int:
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
 
+    def interrupt(signum, frame):  # SIGTERM/SIGHUP: stop the nodes like Ctrl-C (they run in their own sessions)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
     print(f"fer-ros launch therapy: config {config}; output folder {folder}")
     procs, pumps = [], []
     for spec, argv in plan(config, values, wanted):
