@@ -36,13 +36,14 @@ CSV = "start_s,end_s,label\n0.0,1.0,happy\n1.0,1.8,neutral\n70,surprise\n"  # fr
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    """The shipped model when present; else a small deterministic ONNX with the same interface
-    ([N,1,48,48] -> logits [N,7]) whose predictions differ from image to image."""
+def model(tmp_path_factory) -> str | None:
+    """None (= the node's and the classifier's default, exactly what users get) when the package
+    ships its model; else a small deterministic ONNX with the same interface ([N,1,48,48] ->
+    logits [N,7]) whose predictions differ from image to image."""
     from fer_ros.classifier import default_model_path
 
     if default_model_path().is_file():
-        return str(default_model_path())
+        return None
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -59,7 +60,7 @@ def model(tmp_path_factory) -> str:
 
 
 def _node_params(model, **extra):
-    return {"model_path": model, "backend": "onnxruntime", **extra}
+    return {**({"model_path": model} if model else {}), "backend": "onnxruntime", **extra}
 
 
 def _direct(video: Path, labels: bags.LabelTrack, params: dict):
@@ -206,7 +207,8 @@ def test_cli_round_trip_with_report(model, tmp_path, media):
     out = cli("from-video", media / "single_face.mp4", "--labels", "l.csv", "--storage", "sqlite3",
               "--max-frames", "36")
     assert "36 frames" in out and "12 labelled" in out
-    out = cli("replay", "single_face_bag", "--fast", "-p", f"model_path:={model}", "-p", "backend:=onnxruntime")
+    out = cli("replay", "single_face_bag", "--fast", *(["-p", f"model_path:={model}"] if model else []),
+              "-p", "backend:=onnxruntime")
     assert "36 outputs for 36 frames" in out
     assert (tmp_path / "single_face_bag_replay" / "metadata.yaml").exists()
     assert next((tmp_path / "single_face_bag_replay").glob("*.db3"))  # storage follows the input
