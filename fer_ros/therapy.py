@@ -35,6 +35,10 @@ from fer_ros import LABELS
 STAGES = ("idle", "introduction", "teaching", "practice", "done")
 VERBS = ("start", "pause", "resume", "skip", "stop")
 
+#: A held expression survives gaps without the child's face up to this long (missed detections,
+#: about 6% of frames with Haar on a moving face); longer gaps start the hold over.
+HOLD_GAP_SECONDS = 0.5
+
 #: Card words accepted besides the labels themselves (tablets and card readers vary).
 ANSWER_ALIASES = {
     "anger": "angry", "mad": "angry", "disgusted": "disgust", "scared": "fear", "afraid": "fear",
@@ -471,7 +475,8 @@ class TherapySession:
         if not self._child_fresh() and self._child is not None:
             self._child = None  # observations stopped coming: the face is not seen any more
             self._child_visible_since = None
-            self._hold.clear()
+        if self._child_seen_t is None or t - self._child_seen_t > min(HOLD_GAP_SECONDS, self.cfg.observation_timeout):
+            self._hold.clear()  # gone longer than a missed detection or two: holding starts over
         if self.stage in ("idle", "done"):
             return
         if not self.paused and self.phase == "awaiting" and self._child_fresh():
@@ -569,8 +574,10 @@ class TherapySession:
         if self.phase == "waiting_for_face" and child is not None:
             self._greet()
             return
-        if self.phase != "awaiting" or child is None:
+        if self.phase != "awaiting":
             self._hold.clear()
+            return
+        if child is None:  # a missed detection does not break a hold; a longer absence does (_advance)
             return
         if not self._imitating():
             return

@@ -198,6 +198,23 @@ def test_hold_needs_continuous_confident_expression():
     assert d.events("trial_end")[0]["max_target_confidence"] == pytest.approx(0.9)
 
 
+def test_hold_survives_missed_detections_but_not_absence():
+    d = Driver(teaching_timeout=30.0, emotions=["happy"], hold_seconds=1.0)
+    d.start()
+    d.run(10.0, faces=[face()], until=in_phase("teaching", "awaiting"))
+    # 0.6 s happy, the child away 0.6 s (> HOLD_GAP_SECONDS), 0.6 s happy: never 1 s in a row
+    d.run(0.6, faces=[face("happy")])
+    d.run(0.6, faces=None)
+    d.run(0.6, faces=[face("happy")])
+    assert d.s.last_outcome == ""
+    # every 4th frame without a face (a detector miss): the hold goes on
+    start = d.t
+    while d.s.last_outcome == "" and d.t - start < 3.0:
+        d.run(0.3, faces=[face("happy")])
+        d.run(0.1, faces=None)
+    assert d.s.last_outcome == "success" and d.t - start <= 1.3
+
+
 def test_no_face_waits_then_pauses_and_auto_resumes():
     d = Driver(tmp_path=None, emotions=["happy"], face_lost_seconds=3.0, teaching_timeout=4.0)
     d.start()
