@@ -63,7 +63,8 @@ def main() -> int:
                 best = (s, r)
         s, r = best
         print(f"backend {s.get('node', {}).get('backend')}, model {s.get('node', {}).get('model')}, "
-              f"detector {args.detector}, {os.cpu_count()} CPU cores")
+              f"detector {args.detector}, {os.cpu_count()} CPU cores, load average "
+              + " ".join(f"{v:.1f}" for v in os.getloadavg()) + " (other jobs slow this down)")
         print(f"RESULT fast replay: {s['fps']:.1f} frames/s (target >= 60), frames with a face "
               f"{100 * r['frames_with_face']:.1f} %, latency p50 {r['latency_ms']['p50']:.1f} ms")
         if args.realtime:
