@@ -618,7 +618,7 @@ def _run(args) -> int:
                                 limit=args.limit, storage=args.storage, frame_id=args.frame_id,
                                 overwrite=args.overwrite)
         print(f"wrote {s['bag']}: {s['frames']} {args.encoding} images at {s['fps']:g} fps, one label each\n"
-              f"replay with: fer-ros bag replay {s['bag']} --fast --detector whole")
+              f"replay with: fer-ros bag replay {s['bag']} --fast (the bag asks for the whole-image detector)")
     elif cmd == "record":
         s = record(args.output, topics=args.topics, duration=args.duration, storage=args.storage,
                    overwrite=args.overwrite)

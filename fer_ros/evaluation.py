@@ -240,7 +240,9 @@ def write_report(result: dict, out_dir) -> dict:
     paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md"}
     if "confusion_matrix" in result:
         paths["png"] = out_dir / "confusion_matrix.png"
-        plot_confusion(result["confusion_matrix"], paths["png"])
+        title = (f"{Path(str(result.get('bag', ''))).name}: accuracy {100 * result['accuracy']:.1f} % "
+                 f"(n={result['labelled_detected']})")
+        plot_confusion(result["confusion_matrix"], paths["png"], title=title)
         result = dict(result, confusion_png=str(paths["png"]))
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     paths["markdown"].write_text(markdown(result))
