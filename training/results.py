@@ -35,30 +35,34 @@ def cvcell(r):
 def tables(runs: Path) -> str:
     out = []
     s1 = {n: _load(runs / n) for n in ("s1_center", "s1_softmax", "s1_rgbsum", "s1_cosine")}
+    s1 = {n: r for n, r in s1.items() if r is not None}
     out += ["### Stage 1: FER-2013 (train on Training, select on PublicTest)", "",
             "| run | PublicTest acc. % | macro F1 | epochs run (selected) | train time | paper |",
             "|---|---|---|---|---|---|"]
-    desc = {"s1_center": "softmax + center loss, paper schedule (lr 0.01, x0.94/15 ep.)",
-            "s1_softmax": "softmax only, paper schedule", "s1_rgbsum": "softmax + center, first conv from summed RGB",
-            "s1_cosine": "softmax + center, cosine lr from 0.02"}
     for n, r in s1.items():
-        if r is None:
-            out.append(f"| {desc[n]} | not run | | | | |")
-            continue
+        c = r["config"]
+        sched = ("cosine" if c["schedule"] == "cosine" else "x0.94/15 ep.") + f" from lr {c['lr']:g}"
+        d = (("softmax + center loss" if c["center_lambda"] > 0 else "softmax only")
+             + f", first conv {c['first_conv']}, {sched}")
         v = r["val"]
-        out.append(f"| {desc[n]} (`{n}`) | {pct(v['accuracy'])} | {v['macro_f1']:.3f} | {len(r['history'])} "
+        out.append(f"| {d} (`{n}`) | {pct(v['accuracy'])} | {v['macro_f1']:.3f} | {len(r['history'])} "
                    f"({r['selected_epoch']}) | {r['train_seconds_this_run']:.0f} s on {r['device_name']} | "
                    f"{PAPER['fer'] if n == 's1_center' else '—'} |")
     cv = lambda n: _load(runs / n)  # noqa: E731
     out += ["", "### Table 2: one-stage (ImageNet → target) vs two-stage (ImageNet → FER-2013 → target), 5-fold CV",
             "", "| dataset | folds | one-stage % | two-stage % | paper (two-stage) % |", "|---|---|---|---|---|"]
+    alt = sorted(p.name.rsplit("_lr", 1)[1] for p in runs.glob("cv_ck6_2s_random_lr*"))
+    if alt:
+        out[-2] = out[-2].replace("| paper", f"| two-stage, stage-2 lr {alt[0]} % | paper")
+        out[-1] += "---|"
     for tag, name, paper in (("ck6", "CK+ 6-class, last frame", PAPER["ck6_small"]), ("jaffe", "JAFFE", PAPER["jaffe"])):
         for by in ("random", "subject"):
-            out.append(f"| {name} | {by} | {cvcell(cv(f'cv_{tag}_1s_{by}'))} | {cvcell(cv(f'cv_{tag}_2s_{by}'))} | "
-                       f"{paper if by == 'random' else '—'} |")
+            extra = f" {cvcell(cv(f'cv_{tag}_2s_{by}_lr{alt[0]}'))} |" if alt else ""
+            out.append(f"| {name} | {by} | {cvcell(cv(f'cv_{tag}_1s_{by}'))} | {cvcell(cv(f'cv_{tag}_2s_{by}'))} |"
+                       f"{extra} {paper if by == 'random' else '—'} |")
     out += ["", "### Table 3: softmax vs softmax + center loss (two-stage; CV with random folds)", "",
             "| data | softmax % | softmax + center loss % |", "|---|---|---|"]
-    sm, ce = s1["s1_softmax"], s1["s1_center"]
+    sm, ce = s1.get("s1_softmax"), s1.get("s1_center")
     out.append(f"| FER-2013 PublicTest | {pct(sm['val']['accuracy']) if sm else 'not run'} | "
                f"{pct(ce['val']['accuracy']) if ce else 'not run'} |")
     for tag, name in (("ck6", "CK+ 6-class, last frame"), ("jaffe", "JAFFE")):
