@@ -398,6 +398,7 @@ class TherapySession:
         self._after_deadline = None
         self._active = 0.0  # face-visible, unpaused seconds of the current attempt
         self._trial_start_t = None
+        self._prompt_t = None
         self._max_target = 0.0
         self._hold = {}  # label -> time the child started holding it
         self._held_other = None
@@ -645,6 +646,7 @@ class TherapySession:
             return
         self.phase = "awaiting"
         self._active = 0.0
+        self._prompt_t = self._t()
         self._hold.clear()
         self._held_other = None
         if not retry:
@@ -662,7 +664,8 @@ class TherapySession:
     def _end_trial(self, outcome: str, response: str = "") -> None:
         self.last_outcome = outcome
         row = {"emotion": self.target, "attempts": self.attempt, "outcome": outcome, "answer": response,
-               "response_time_s": round(self._active, 3) if outcome in ("success", "right", "wrong") else None,
+               "response_time_s": round(self._t() - self._prompt_t, 3) if outcome in ("success", "right", "wrong")
+               else None,
                "start_t": self._trial_start_t, "end_t": self._t(),
                "max_target_confidence": round(self._max_target, 4) if self._imitating() else None}
         self.trials.append({"stage": self.stage, "trial": self.trial_idx + 1, **row})

@@ -122,6 +122,9 @@ def test_full_card_session_every_stage(tmp_path):
     held = d.t - (prompt_t + 0.5 + DT)
     assert 1.0 - 1e-6 <= held <= 1.0 + DT + 1e-6
     assert any("Great job" in s for s in d.said(outs))
+    first = d.events("trial_end")[0]
+    assert first["response_time_s"] == pytest.approx(first["end_t"] - first["start_t"], abs=1e-3)
+    assert first["response_time_s"] == pytest.approx(held + 0.5 + DT, abs=1e-3)
 
     # Teaching 2 (sad): the child stays neutral -> encouragement + retry, then timeout and move on
     outs = d.run(5.0, faces=[face("neutral")], until=in_phase("teaching", "awaiting", "sad"))
