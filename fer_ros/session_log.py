@@ -1,9 +1,9 @@
-"""Therapy session log: one JSON line per event, a per-trial CSV and a PNG timeline.
+"""Therapy session log: one JSON line per event, a per-trial CSV, a summary and a PNG timeline.
 
 The JSON-lines file is the record of truth. Every event is written, flushed and fsynced
 before the call returns, so a crash, SIGKILL or power loss keeps every event already
-logged (at worst the one line being written is cut, and `read_events` skips it). The CSV
-and PNG are derived from the events at the end of a session, and can be rebuilt from the
+logged (at worst the one line being written is cut, and `read_events` skips it). The CSV,
+summary and PNG are derived from the events at the end of a session, and can be rebuilt from the
 events file of an interrupted session with `python -m fer_ros.session_log EVENTS.jsonl`.
 
 ROS-free (matplotlib with the Agg backend; no display needed).
@@ -25,6 +25,7 @@ from fer_ros import LABELS
 EVENTS_FILE = "events.jsonl"
 TRIALS_FILE = "trials.csv"
 TIMELINE_FILE = "timeline.png"
+SUMMARY_FILE = "summary.json"
 
 TRIAL_COLUMNS = ("session_id", "stage", "trial", "emotion", "attempts", "outcome", "answer",
                  "response_time_s", "start_t", "end_t", "max_target_confidence")
@@ -140,6 +141,38 @@ def write_trials_csv(events: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
+def summarize(events: list[dict]) -> dict:
+    """Session totals for a study table: per-emotion outcomes, score, pauses, alerts, duration."""
+    start = next((e for e in events if e["event"] == "session_start"), {})
+    end = next((e for e in reversed(events) if e["event"] == "session_end"), None)
+    per_emotion: dict = {}
+    for e in events:
+        if e["event"] == "trial_end":
+            row = per_emotion.setdefault(e.get("emotion", ""), {})
+            key = f"{e.get('stage')}_{e.get('outcome')}"
+            row[key] = row.get(key, 0) + 1
+    pauses: dict = {}
+    for e in events:
+        if e["event"] == "pause":
+            pauses[e.get("reason", "")] = pauses.get(e.get("reason", ""), 0) + 1
+    samples = [e for e in events if e["event"] == "child_expression"]
+    seen = [e for e in samples if e.get("face_id") is not None]
+    return {
+        "session_id": start.get("session_id", ""),
+        "started": start.get("wall", ""),
+        "ended": end.get("wall", "") if end else "",
+        "end_reason": end.get("reason", "") if end else "interrupted (no session_end event)",
+        "duration_s": events[-1]["t"] if events else 0.0,
+        "practice_correct": end.get("correct") if end else None,
+        "practice_attempted": end.get("attempted") if end else None,
+        "trials": sum(e["event"] == "trial_end" for e in events),
+        "per_emotion": per_emotion,
+        "pauses": pauses,
+        "alerts": [e.get("text", "") for e in events if e["event"] == "alert"],
+        "face_seen_fraction": round(len(seen) / len(samples), 3) if samples else None,
+    }
+
+
 _STAGES = ("introduction", "teaching", "practice")
 _COLORS = {"angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#f2b705",
            "sad": "#1f77b4", "surprise": "#e377c2", "neutral": "#7f7f7f"}
@@ -205,17 +238,21 @@ def plot_timeline(events: list[dict], path: str | os.PathLike) -> Path:
 
 
 def write_reports(events_path: str | os.PathLike, plot: bool = True) -> dict:
-    """trials.csv and timeline.png next to an events.jsonl; returns {"events", "trials", "timeline"}."""
+    """trials.csv, summary.json and timeline.png next to an events.jsonl; returns their paths."""
     events_path = Path(events_path)
     events = read_events(events_path)
     out = {"events": events_path, "trials": write_trials_csv(events, events_path.parent / TRIALS_FILE)}
+    summary_path = events_path.parent / SUMMARY_FILE
+    summary_path.write_text(json.dumps(_jsonable(summarize(events)), indent=2) + "\n")
+    out["summary"] = summary_path
     if plot:
         out["timeline"] = plot_timeline(events, events_path.parent / TIMELINE_FILE)
     return out
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild trials.csv and timeline.png from a session's events.jsonl "
+    parser = argparse.ArgumentParser(description="Rebuild trials.csv, summary.json and timeline.png from a session's "
+                                                 "events.jsonl "
                                                  "(e.g. after a crash).")
     parser.add_argument("events", help="path to events.jsonl (or its session folder)")
     parser.add_argument("--no-plot", action="store_true", help="write only the CSV")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,12 @@ def test_full_card_session_every_stage(tmp_path):
     assert [(r["stage"], r["emotion"], r["outcome"], r["answer"]) for r in rows] == [
         ("teaching", "happy", "success", "happy"), ("teaching", "sad", "timeout", ""),
         ("practice", "happy", "wrong", "sad"), ("practice", "sad", "right", "sad")]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["per_emotion"] == {"happy": {"teaching_success": 1, "practice_wrong": 1},
+                                      "sad": {"teaching_timeout": 1, "practice_right": 1}}
+    assert (summary["practice_correct"], summary["practice_attempted"], summary["trials"]) == (1, 2, 4)
+    assert summary["end_reason"] == "completed" and summary["pauses"] == {} and summary["alerts"] == []
+    assert 0.0 < summary["face_seen_fraction"] < 1.0  # nobody in view for the first 5 s
     png = (folder / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -103,6 +103,8 @@ def test_sigkill_mid_session_leaves_a_valid_log(tmp_path):
     rows = list(csv.DictReader(open(events_file.parent / "trials.csv")))
     assert len(rows) == sum(e["event"] == "trial_end" for e in events) and len(rows) >= 1
     assert (events_file.parent / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((events_file.parent / "summary.json").read_text())
+    assert summary["end_reason"].startswith("interrupted") and summary["trials"] == len(rows)
 
 
 def test_reports_from_events(tmp_path):
