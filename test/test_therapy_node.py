@@ -52,8 +52,8 @@ def ctx():
 class Harness:
     """TherapyNode on a fake clock + a tester node, spun by one executor."""
 
-    def __init__(self, ctx, tmp_path, **params):
-        self.now = 1000.0
+    def __init__(self, ctx, tmp_path, clock_start=1000.0, **params):
+        self.now = clock_start
         overrides = dict(log_dir=str(tmp_path), emotions=["happy"], teaching_trials_per_emotion=1,
                          practice_trials_per_emotion=1, intro_seconds=1.0, feedback_seconds=0.5, hold_seconds=0.5,
                          teaching_timeout=3.0, practice_timeout=3.0, face_lost_seconds=2.0, timeline_rate=5.0)
@@ -237,3 +237,17 @@ def test_docs_list_every_parameter():
     doc = (REPO / "docs" / "therapy.md").read_text()
     missing = [p.name for p in PARAMS if f"| `{p.name}` |" not in doc]
     assert not missing, f"docs/therapy.md lacks parameters {missing}"
+
+
+def test_auto_start_waits_for_a_running_clock(ctx, tmp_path):
+    """With use_sim_time the clock reads 0 until /clock arrives: starting then would make every
+    timer expire at the first real stamp."""
+    h = Harness(ctx, tmp_path, clock_start=0.0, auto_start=True)
+    try:
+        h.node.tick()
+        assert h.node.session.stage == "idle"
+        h.now = 1_700_000_000.0
+        h.node.tick()
+        assert h.node.session.stage == "introduction" and h.node.session.t0 == 1_700_000_000.0
+    finally:
+        h.close()
