@@ -155,6 +155,10 @@ def test_node_runs_a_session_over_ros(ctx, tmp_path):
         h.tester.create_subscription(TherapyState, "therapy/state", late.append, LATCHED)
         h.wait_for(lambda: late, "latched state for a late joiner")
         assert late[-1].stage == "done" and late[-1].correct == 1
+        late_face = []
+        h.tester.create_subscription(String, "robot/expression", lambda m: late_face.append(m.data), LATCHED)
+        h.wait_for(lambda: late_face, "latched robot expression for a robot that connects late")
+        assert late_face == [h.got["expression"][-1]] == ["happy"]
         folder = next(tmp_path.iterdir())
         events = read_events(folder / "events.jsonl")
         assert [e["outcome"] for e in events if e["event"] == "trial_end"] == ["success", "right"]
