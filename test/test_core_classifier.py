@@ -238,8 +238,8 @@ def test_int8_quantized_copy_keeps_the_contract_and_the_answers(tmp_path):
 
 
 def test_shipped_int8_copy_agrees_with_the_fp32_model():
-    """If the package ships an INT8 copy (used on CPU by default), it must give the FP32
-    model's answers on real faces."""
+    """If the package ships an INT8 copy (used on CPU by default), it must be as accurate as
+    the FP32 model (within 1 point) and mostly give the same answers on real faces."""
     from fer_ros.classifier import default_int8_model_path
 
     real_model()  # skips while the trained model is missing
@@ -249,9 +249,11 @@ def test_shipped_int8_copy_agrees_with_the_fp32_model():
     assert int8.model_path == default_int8_model_path()
     assert ExpressionClassifier(backend="onnxruntime", int8=False).model_path == default_model_path()
     d = np.load(need_shared("data", "fer2013.npz"))
-    idx = np.flatnonzero(d["split"] == 1)[:500]
+    idx = np.flatnonzero(d["split"] == 1)[:1000]
     off, jpeg = d["offsets"], d["jpeg"]  # read each npz member once (every access decompresses it)
     imgs = np.stack([cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_GRAYSCALE) for i in idx])
-    a = ExpressionClassifier(backend="onnxruntime", int8=False).predict(imgs)
-    b = int8.predict(imgs)
-    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
+    y = d["labels"][idx]
+    a = ExpressionClassifier(backend="onnxruntime", int8=False).predict(imgs).argmax(1)
+    b = int8.predict(imgs).argmax(1)
+    assert (b == y).mean() >= (a == y).mean() - 0.01  # at most 1 point less accurate
+    assert (a == b).mean() >= 0.9
