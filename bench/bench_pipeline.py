@@ -10,7 +10,7 @@ Prints, after warm-up:
 - the paper-style baseline in the same process: Haar at full resolution, scale 1.1,
   5 neighbours, faces classified one at a time, no tracking; and the ratio baseline/pipeline.
 
-    .venv/bin/python bench/bench_pipeline.py [--model M.onnx] [--frames 150] [--threads 2]
+    .venv/bin/python bench/bench_pipeline.py [--model M.onnx] [--also-model INT8.onnx] [--frames 150]
 """
 
 from __future__ import annotations
@@ -77,10 +77,13 @@ def time_frames(fn, frames, n: int, warmup: int) -> tuple[list[float], list[int]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(default_model_path()), help="expression ONNX model (default: shipped)")
+    ap.add_argument("--model", default=str(default_model_path()),
+                    help="expression ONNX model for the pipeline (default: the shipped FP32 model)")
     ap.add_argument("--frames", type=int, default=150, help="timed frames per case")
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op and OpenCV threads")
+    ap.add_argument("--also-model", action="append", default=[], metavar="M.onnx",
+                    help="also time the classifier alone with this model (e.g. an INT8 copy), same process")
     ap.add_argument("--yunet", default=str(shared_dir() / "models" / "face_detection_yunet_2026may.onnx"))
     args = ap.parse_args()
 
@@ -148,25 +151,28 @@ def main() -> int:
     # Classifier alone: real face crops, tiled to the batch size.
     boxes = make_detector("haar", downscale_width=None).detect(four[0])
     crops = crop_faces(four[0], boxes[:, :4], 0.1)
-    print()
-    for n in (1, 4, 8, 32):
-        batch = np.ascontiguousarray(np.resize(crops, (n, 48, 48)))
-        for _ in range(10):
-            clf.predict(batch)
-        reps = max(20, 400 // n)
+    models = [(args.model, clf)] + [(m, ExpressionClassifier(m, backend="onnxruntime", threads=args.threads))
+                                    for m in args.also_model]
+    for path, c in models:
+        print(f"\nclassifier {Path(path).name}")
+        for n in (1, 4, 8, 32):
+            batch = np.ascontiguousarray(np.resize(crops, (n, 48, 48)))
+            for _ in range(10):
+                c.predict(batch)
+            reps = max(20, 400 // n)
+            ms = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                c.predict(batch)
+                ms.append((time.perf_counter() - t0) * 1e3)
+            print(f"classifier batch {n:2d}: {np.median(ms):6.3f} ms/batch  {np.median(ms) / n:6.3f} ms/face (p50)")
         ms = []
-        for _ in range(reps):
+        for _ in range(100):
             t0 = time.perf_counter()
-            clf.predict(batch)
+            for face in crops[:4]:
+                c.predict(face[None])
             ms.append((time.perf_counter() - t0) * 1e3)
-        print(f"classifier batch {n:2d}: {np.median(ms):6.3f} ms/batch  {np.median(ms) / n:6.3f} ms/face (p50)")
-    ms = []
-    for _ in range(100):
-        t0 = time.perf_counter()
-        for c in crops[:4]:
-            clf.predict(c[None])
-        ms.append((time.perf_counter() - t0) * 1e3)
-    print(f"classifier 4 faces one at a time: {np.median(ms) / 4:6.3f} ms/face (p50)")
+        print(f"classifier 4 faces one at a time: {np.median(ms) / 4:6.3f} ms/face (p50)")
     return 0
 
 
