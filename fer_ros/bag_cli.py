@@ -306,7 +306,8 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
         raise
     finally:
         out.close()
-    summary["fps"] = summary["outputs"] / summary["wall_s"] if summary.get("wall_s") else None
+    # frames/s only means something when the node set the pace (fast mode)
+    summary["fps"] = summary["outputs"] / summary["wall_s"] if rate is None and summary.get("wall_s") else None
     return summary
 
 
