@@ -54,9 +54,13 @@ class _Ros:
         os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # images > 64 kB across processes
         import rclpy
 
+        from rclpy.signals import SignalHandlerOptions
+
         self.owned = not rclpy.ok()
         if self.owned:
-            rclpy.init(args=[sys.argv[0] if sys.argv else "fer-ros"])  # never read our own CLI args as ROS args
+            # our own CLI args are not ROS args; Ctrl-C stays a KeyboardInterrupt, so bags get closed
+            rclpy.init(args=[sys.argv[0] if sys.argv else "fer-ros"],
+                       signal_handler_options=SignalHandlerOptions.NO)
         return self
 
     def __exit__(self, *exc):
@@ -436,7 +440,7 @@ def record(out_path, topics=DEFAULT_RECORD_TOPICS, duration: float | None = None
            overwrite: bool = False, log=print, stop: threading.Event | None = None) -> dict:
     """Record `topics` (subscribed as they appear) until `duration` s, Ctrl-C or `stop` is set."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
     lock = threading.Lock()
@@ -462,8 +466,8 @@ def record(out_path, topics=DEFAULT_RECORD_TOPICS, duration: float | None = None
                                     subscribed[topic] = None
                         next_scan = time.monotonic() + 0.5
                     executor.spin_once(timeout_sec=0.05)
-            except KeyboardInterrupt:
-                pass
+            except (KeyboardInterrupt, ExternalShutdownException):
+                log("stopped")
             finally:
                 executor.shutdown()
                 node.destroy_node()
@@ -597,6 +601,11 @@ def _print_evaluation(bag_path, report_dir, as_json: bool = False, labels: bool 
 def run(args) -> int:
     try:
         return _run(args)
+    except KeyboardInterrupt:
+        out = getattr(args, "output", None)
+        print(f"fer-ros bag {args.bag_command}: interrupted" + (f"; what was written is in {out}" if out else ""),
+              file=sys.stderr)
+        return 130
     except BagError as exc:
         print(f"fer-ros bag {args.bag_command}: error: {exc}", file=sys.stderr)
         return 1
@@ -605,8 +614,21 @@ def run(args) -> int:
         return 1
 
 
+def _stop_on_sigterm() -> None:
+    """`kill` (SIGTERM) ends record/replay like Ctrl-C: the bag is closed and stays readable."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _run(args) -> int:
     cmd = args.bag_command
+    if cmd in ("record", "replay"):
+        _stop_on_sigterm()
     if cmd == "from-video":
         out = args.output or Path(f"{args.video.stem}_bag")
         s = bags.video_to_bag(args.video, out, labels=args.labels, fps=args.fps, size=args.size, loops=args.loops,

@@ -91,3 +91,24 @@ def test_record_live_topics(tmp_path):
     qos = {t["topic_metadata"]["name"]: t["topic_metadata"]["offered_qos_profiles"][0]["reliability"]
            for t in meta["topics_with_message_count"]}
     assert qos == {bags.IMAGE_TOPIC: "best_effort", bags.EXPRESSIONS_TOPIC: "reliable", "/robot/say": "reliable"}
+
+
+def test_record_cli_stops_cleanly_on_sigterm(tmp_path):
+    """`kill` ends a recording like Ctrl-C: exit 0 and a bag that reads back."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "fer_ros.cli", "bag", "record", "-o", str(tmp_path / "rec"),
+                             "--topics", "/fer_ros_test_nobody_publishes"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "wrote" in out
+    with bags.BagReader(tmp_path / "rec") as bag:
+        assert bag.topics == {}
