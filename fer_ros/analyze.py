@@ -75,7 +75,7 @@ def analyze_image(pipe, path: Path, annotate_to: Path | None) -> dict:
         raise ValueError(f"cannot read image {path} (not an image, or corrupt)")
     if frame.dtype != "uint8":  # 16-bit PNG/TIFF: scale to 8 bit
         frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(1, int(frame.max())))
-    pipe.reset()
+    pipe.reset(restart_ids=True)  # each file is its own scene: ids from 1
     results = pipe.process(frame)
     if annotate_to is not None:
         try:
@@ -101,7 +101,7 @@ def analyze_video(pipe, path: Path, annotate_to: Path | None, stride: int = 1, p
     fps = fps if 1.0 <= fps <= 1000.0 else 30.0  # some containers report 0 or nonsense
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer, frames, width, height = None, [], 0, 0
-    pipe.reset()
+    pipe.reset(restart_ids=True)  # each file is its own scene: ids from 1
     try:
         with tqdm(total=total, unit="frame", desc=path.name, disable=not progress, leave=False) as bar:
             index = 0

@@ -133,10 +133,10 @@ class ExpressionPipeline:
     def tracking(self) -> bool:
         return self.tracker is not None
 
-    def reset(self) -> None:
-        """Forget tracks (e.g. a new video); face ids keep counting up."""
+    def reset(self, restart_ids: bool = False) -> None:
+        """Forget tracks (e.g. a new video); face ids keep counting up unless `restart_ids`."""
         if self.tracker:
-            self.tracker.reset()
+            self.tracker.reset(restart_ids)
         self._since_scan = None
         self._last_boxes = np.zeros((0, 5), np.float32)
 

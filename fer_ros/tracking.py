@@ -74,10 +74,13 @@ class FaceTracker:
         self.frame = 0
         self._last_stamp: float | None = None
 
-    def reset(self) -> None:
-        """Forget all tracks (ids keep counting up: an id is never given twice)."""
+    def reset(self, restart_ids: bool = False) -> None:
+        """Forget all tracks. Ids keep counting up (an id is never given twice) unless
+        `restart_ids`, for a new, unrelated input such as the next file of a folder."""
         self.tracks = []
         self._last_stamp = None
+        if restart_ids:
+            self.next_id = 1
 
     def _expired(self, track: Track, stamp: float | None) -> bool:
         if stamp is not None and track.extra.get("stamped", False):

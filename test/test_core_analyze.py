@@ -82,6 +82,7 @@ def test_folder_with_a_corrupt_file(model, tmp_path):
     doc = json.loads((tmp_path / "f.json").read_text())
     assert [p.split("/")[-1] for p in (i["path"] for i in doc["inputs"])] == ["a.jpg", "b.jpg"]
     assert all(len(i["frames"][0]["faces"]) == 1 for i in doc["inputs"])
+    assert [i["frames"][0]["faces"][0]["face_id"] for i in doc["inputs"]] == [1, 1]  # ids per file
     assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["a.jpg", "b.jpg"]
 
 

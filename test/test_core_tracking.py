@@ -40,6 +40,8 @@ def test_timeout_by_stamps_and_ids_never_reused():
     assert t.update([[12, 10, 50, 50]], stamp=1.2)[0][0] == 2  # gap 0.75 s: a new track
     t.reset()
     assert t.update([[12, 10, 50, 50]], stamp=1.3)[0][0] == 3  # reset does not recycle ids
+    t.reset(restart_ids=True)  # ... unless asked to, for an unrelated new input
+    assert t.update([[12, 10, 50, 50]], stamp=0.0)[0][0] == 1
 
 
 def test_timeout_by_frames_without_stamps():
