@@ -29,10 +29,12 @@ def draw_results(bgr, results, show_bar: bool = True) -> np.ndarray:
     h, w = out.shape[:2]
     scale = max(0.4, min(1.0, w / 1280.0 * 1.2))
     thick = max(1, int(round(w / 640.0)))
+    for r in results:  # boxes first, so no box line runs through another face's label
+        x, y, bw, bh = (int(v) for v in r.box)
+        cv2.rectangle(out, (x, y), (x + bw, y + bh), COLORS.get(r.expression, (255, 255, 255)), thick + 1)
     for r in results:
         x, y, bw, bh = (int(v) for v in r.box)
         color = COLORS.get(r.expression, (255, 255, 255))
-        cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick + 1)
         text = f"#{r.face_id} {r.expression} {100 * r.confidence:.0f}%"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y - 4 if y - th - base - 4 >= 0 else min(h - base, y + bh + th + 4)
