@@ -498,7 +498,7 @@ class LabelTrack:
 
     Rows are `start_s,end_s,label` (seconds from the first frame; start inclusive, end
     exclusive) or `frame,label` (0-based frame index). A header row and `#` comments are
-    allowed; labels are FaceExpression labels or their index in LABELS.
+    allowed (also at the end of a line); labels are FaceExpression labels or their index in LABELS.
     """
 
     ranges: list[tuple[float, float, str]]
@@ -535,8 +535,11 @@ def read_labels(path) -> LabelTrack:
     if not path.is_file():
         raise BagError(f"label file {path} does not exist")
     ranges, frames = [], {}
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and "".join(r).strip() and not r[0].lstrip().startswith("#")]
+    try:
+        lines = [line.split("#", 1)[0] for line in path.read_text().splitlines()]  # '#' starts a comment
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BagError(f"cannot read label file {path}: {exc}") from None
+    rows = [r for r in csv.reader(lines) if r and "".join(r).strip()]
     for n, row in enumerate(rows, 1):
         row = [c.strip() for c in row]
         where = f"{path}, row {n}: "

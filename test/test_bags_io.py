@@ -123,7 +123,8 @@ def test_embedded_type_hashes_match_the_built_interfaces(tmp_path):
 
 def test_label_csv_ranges_and_frames(tmp_path):
     csv = tmp_path / "labels.csv"
-    csv.write_text("start_s,end_s,label\n# comment\n0.0,1.0,happy\n1.0,2.5,5\n40,sad\n")
+    csv.write_text("start_s,end_s,label  # header\n# comment, with commas\n0.0,1.0,happy\n"
+                   "1.0,2.5,5   # index 5: surprise, by number\n\n40,sad\n")
     track = bags.read_labels(csv)
     assert track.label(0, 0.0) == "happy"
     assert track.label(29, 0.999) == "happy"
