@@ -17,7 +17,27 @@ PAPER = {"fer": "67.03", "ck6_small": "96.92", "jaffe": "95.24", "jaffe_to_ck": 
 
 def _load(p: Path):
     f = p / "result.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    if f.exists():
+        return json.loads(f.read_text())
+    return _partial_cv(p)
+
+
+def _partial_cv(p: Path):
+    """A CV run cut short (time limit): aggregate the folds that finished, marked as partial."""
+    import numpy as np
+    from training.report import metrics
+    folds = sorted(p.glob("fold*/result.json"))
+    if not folds:
+        return None
+    rs = [json.loads(f.read_text()) for f in folds]
+    accs = [r["val"]["accuracy"] for r in rs]
+    cm = np.sum([np.array(r["val"]["confusion"]) for r in rs], axis=0)
+    yt = np.repeat(np.repeat(np.arange(len(cm))[:, None], len(cm), 1).ravel(), cm.ravel())
+    yp = np.repeat(np.tile(np.arange(len(cm)), len(cm)), cm.ravel())
+    names = rs[0]["class_names"]
+    return {"kind": "cv", "k": 5, "n": None, "folds": [{"fold": f.parent.name, "accuracy": a} for f, a in zip(folds, accs)],
+            "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
+            "pooled": metrics(yt, yp, names), "partial": True}
 
 
 def pct(x):
@@ -73,7 +93,7 @@ def tables(runs: Path) -> str:
                       ("large6", "last 3 frames, 6 classes"), ("large7", "last 3 frames, 7 (+contempt)")):
         key = "ck6" if setup == "small6" else f"ck{setup}"
         r = cv(f"cv_{key}_2s_random")
-        out.append(f"| {nm} | {r['n'] if r else '?'} | {cvcell(r)} | {cvcell(cv(f'cv_{key}_2s_subject'))} | "
+        out.append(f"| {nm} | {(r['n'] or '') if r else '?'} | {cvcell(r)} | {cvcell(cv(f'cv_{key}_2s_subject'))} | "
                    f"{PAPER['ck6_small'] if setup == 'small6' else '—'} |")
     out += ["| 8 classes (+neutral) | — | cannot be formed from CK+48 (no neutral onset frames) | | — |"]
     out += ["", "### Cross-dataset (two-stage model trained on all of the source)", "",

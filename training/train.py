@@ -127,6 +127,8 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
                     model.classifier.bias[i] = src.classifier.bias[j]
                     kept.append(c)
         log.info("init from %s; classifier rows kept for %s", cfg.init, kept)
+        if list(class_names) == src_names and "centers" in ck:
+            model._init_centers = ck["centers"]  # same classes: continue with the trained centres
     return model
 
 
@@ -212,6 +214,9 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     closs = CenterLoss(len(class_names), model.feature_dim).to(device)
+    if getattr(model, "_init_centers", None) is not None:
+        closs.centers.copy_(model._init_centers)
+        del model._init_centers
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (decay if p.ndim > 1 else no_decay).append(p)  # no weight decay on BN and biases
