@@ -226,8 +226,9 @@ class CameraNode(Node):
         frame = self.read_frame()
         if frame is None:
             return
+        stamp = self.get_clock().now().to_msg()  # capture time: latency is measured from here
         msg = bgr_to_image_msg(frame)
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = stamp
         msg.header.frame_id = self.p["frame_id"]
         self.pub.publish(msg)
         self.frames += 1
