@@ -190,18 +190,23 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
         labels = {m.log_time: m.msg.data for m in src.messages([bags.GROUND_TRUTH_TOPIC])} if has_gt else {}
         storage = storage or src.storage
         source_info = src.info
-    recommended = _recommended_params(source_info)
-    for k, v in recommended.items():
-        if k not in params:
-            params[k] = v
-            log(f"using {k}={v!r} recommended by {bag_path} (override with -p {k}:=...)")
+    from fer_ros.expression_node import PARAMS
+
+    declared = {p.name for p in PARAMS}
+    for k, v in _recommended_params(source_info).items():
+        if k in params:
+            continue
+        if k not in declared:  # a bag made for another version of the node
+            log(f"warning: {bag_path} recommends {k}={v!r}, which this expression node does not have")
+            continue
+        params[k] = v
+        log(f"using {k}={v!r} recommended by {bag_path} (override with -p {k}:=...)")
     if not has_gt:
         log(f"note: {bag_path} has no {bags.GROUND_TRUTH_TOPIC}; outputs are written, but evaluation needs labels")
 
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
 
-    from fer_ros.expression_node import PARAMS
     from fer_ros.ros_image import bgr_to_image_msg
 
     params = _coerce_params(params, {p.name: p.default for p in PARAMS})  # before any output exists
