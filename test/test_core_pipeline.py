@@ -203,3 +203,16 @@ def test_full_scans_every_interval_and_after_a_loss_gap_or_resize(clf):
     assert det.log == ["scan", "scan"]
     ids = [r.face_id for r in pipe.process(frame, t + 2.066)]
     assert ids == [3, 4]  # after the 2 s gap (> max_age_s) they count as new tracks
+
+
+def test_margin_comes_from_the_model_card(tmp_path):
+    model = make_onnx_model(tmp_path / "m.onnx")
+    clf = ExpressionClassifier(model, backend="onnxruntime")
+    assert ExpressionPipeline(classifier=clf).margin == 0.1  # no card: the default
+    (tmp_path / "model_card.json").write_text(json.dumps({"preprocess": {"margin": 0.05}}))
+    assert ExpressionPipeline(classifier=clf).margin == 0.05
+    (tmp_path / "model_card.json").write_text(json.dumps({"margin": 0.2}))
+    assert ExpressionPipeline(classifier=clf).margin == 0.2
+    assert ExpressionPipeline(classifier=clf, margin=0.0).margin == 0.0  # explicit wins
+    (tmp_path / "model_card.json").write_text("{broken")
+    assert ExpressionPipeline(classifier=clf).margin == 0.1
