@@ -75,8 +75,12 @@ def build_engine(trt, onnx_path: Path, fp16: bool = True, max_batch: int = DEFAU
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if fp16 and builder.platform_has_fast_fp16:
+    # FP16 is a permission, not an order: TensorRT still picks FP32 kernels where faster. The
+    # flag is gone in TensorRT 11 (strong typing) and the capability query deprecated in 10.5.
+    if fp16 and hasattr(trt.BuilderFlag, "FP16"):
         config.set_flag(trt.BuilderFlag.FP16)
+    elif fp16:
+        log.info("this TensorRT has no FP16 builder flag; building in the model's FP32")
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
     opt_batch = max(1, min(opt_batch, max_batch))
