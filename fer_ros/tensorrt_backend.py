@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,7 @@ class TensorRTBackend:
         self.trt, self.cuda = trt, cuda
         self.onnx_path = Path(onnx_path)
         self.max_batch = int(max_batch)
+        self._lock = threading.Lock()  # one set of device buffers: one call at a time
         cuda.init()
         dev = cuda.Device(device)
         # The primary context is shared with other CUDA users of the process (torch etc.);
@@ -158,6 +160,11 @@ class TensorRTBackend:
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         out = np.empty((len(x), NUM_CLASSES), np.float32)
+        with self._lock:
+            self._run(x, out)
+        return out
+
+    def _run(self, x: np.ndarray, out: np.ndarray) -> None:
         self.ctx.push()
         try:
             for start in range(0, len(x), self.max_batch):
@@ -172,7 +179,6 @@ class TensorRTBackend:
                 out[start:start + n] = self.h_output[:n]
         finally:
             self.ctx.pop()
-        return out
 
 
 # ---- `fer-ros build-engine` ---------------------------------------------------------------
