@@ -264,7 +264,7 @@ def test_camera_node_plays_a_video_file_at_the_requested_rate(ros):
     assert (msg.width, msg.height, msg.encoding, msg.header.frame_id) == (320, 180, "bgr8", "test_frame")
     stamps = np.array([f.header.stamp.sec + f.header.stamp.nanosec * 1e-9 for f in frames[5:]])
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    assert 12 * 0.9 <= rate <= 12 * 1.1, f"published at {rate:.2f} fps, asked for 12"
+    assert 12 * 0.85 <= rate <= 12 * 1.15, f"published at {rate:.2f} fps, asked for 12 (the video has 30)"
     # the pixels are the video's (resized): the first received frame is one of its frames
     cap = cv2.VideoCapture(str(video))
     originals = [cv2.resize(cap.read()[1], (320, 180), interpolation=cv2.INTER_AREA)
