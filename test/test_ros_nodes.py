@@ -382,3 +382,20 @@ def test_diagnostics_are_published(ros, node_under_test):
     for key in ("processed_rate_hz", "latency_ms_p95", "frames_dropped", "frames_malformed", "backend", "model"):
         assert key in values
     assert values["model"] == node.model_path and status.hardware_id == "onnxruntime"
+
+
+def test_camera_rate_zero_uses_the_video_files_own_rate(ros):
+    from rclpy.parameter import Parameter
+
+    from fer_ros.camera_node import CameraNode
+
+    context, _ = ros
+    video = need_shared("media", "no_face.mp4")
+    fps = cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS)
+    node = CameraNode(parameter_overrides=[Parameter("source", value=str(video)), Parameter("rate", value=0.0)],
+                      context=context)
+    try:
+        assert node.rate == pytest.approx(fps) and abs(fps - 30) > 1  # 23.7 fps, not the default 30
+        assert node.read_frame().shape == (540, 960, 3)
+    finally:
+        node.destroy_node()
