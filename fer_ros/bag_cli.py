@@ -162,7 +162,7 @@ def process_sync(node, image_msg):
 def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = None, external: bool = False,
            image_topic: str = bags.IMAGE_TOPIC, keep_images: bool = False, extra_topics=(),
            storage: str | None = None, overwrite: bool = False, max_frames: int | None = None,
-           log=print) -> dict:
+           annotated: bool = False, log=print) -> dict:
     """Play a bag's images through the expression node and write its outputs to a new bag.
 
     rate=None: as fast as the node keeps up (the node is driven in-process, one frame at a
@@ -173,7 +173,8 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
     Every published frame gets a fresh header stamp (publish time), so receipt - stamp is the
     end-to-end latency; ground-truth labels are moved to the new stamps. The output bag holds
     /faces/expressions (log time = receipt), /ground_truth/expression, /replay/frames and,
-    with keep_images, the restamped images. Returns a summary dict.
+    with keep_images, the restamped images; with annotated, /faces/image_annotated (boxes, ids,
+    labels drawn as the node draws them). Returns a summary dict.
     """
     if rate is not None and rate <= 0:
         raise BagError(f"rate must be > 0 (or use fast mode), got {rate}")
@@ -210,6 +211,8 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
     from fer_ros.ros_image import bgr_to_image_msg
 
     params = _coerce_params(params, {p.name: p.default for p in PARAMS})  # before any output exists
+    # frames go to the topic the node listens on (and are kept under it), whatever the bag called them
+    node_topic = "/" + str(params.get("image_topic", bags.IMAGE_TOPIC)).lstrip("/")
 
     def decompress(raw):
         """CompressedImage (JPEG/PNG) -> bgr8 Image with the same header: what the node subscribes to."""
@@ -242,7 +245,11 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
         if has_gt:
             out.add_topic(bags.GROUND_TRUTH_TOPIC, bags.STRING_TYPE)
         if keep_images:
-            out.add_topic(image_topic, bags.IMAGE_TYPE)
+            out.add_topic(node_topic, bags.IMAGE_TYPE)
+        if annotated and rate is None:
+            out.add_topic(bags.ANNOTATED_TOPIC, bags.IMAGE_TYPE)
+        elif annotated and bags.ANNOTATED_TOPIC not in extra_topics:
+            extra_topics = [*extra_topics, bags.ANNOTATED_TOPIC]  # real time: record what the node draws
         out.set_info("replay_of", str(bag_path))
         out.set_info("replay_mode", summary["mode"])
         out.set_info("node_parameters", json.dumps(params))
@@ -259,7 +266,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                     out.write(bags.GROUND_TRUTH_TOPIC, t_pub, bags.make_string(label))
                     summary["labelled"] += 1
                 if keep_images:
-                    out.write(image_topic, t_pub, serialize_message(msg))
+                    out.write(node_topic, t_pub, serialize_message(msg))
 
         def write_output(raw: bytes, t_recv: int):
             with lock:
@@ -298,12 +305,14 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                         write_input(msg, t_pub, orig)
                         if result is not None:
                             write_output(serialize_message(result), t_recv)
+                            if annotated:
+                                drawn = _annotate(msg, result)
+                                with lock:
+                                    out.write(bags.ANNOTATED_TOPIC, t_recv, serialize_message(drawn))
                     summary["wall_s"] = time.perf_counter() - start
                 finally:
                     node.destroy_node()
             else:
-                # frames go to the topic the node listens on, whatever they were called in the bag
-                node_topic = "/" + str(params.get("image_topic", bags.IMAGE_TOPIC)).lstrip("/")
                 _replay_realtime(frames(), rate, params, external, node_topic, extra_topics, out, lock,
                                  restamp, write_input, write_output, summary, log)
     except BaseException:
@@ -318,6 +327,18 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
     # frames/s only means something when the node set the pace (fast mode)
     summary["fps"] = summary["outputs"] / summary["wall_s"] if rate is None and summary.get("wall_s") else None
     return summary
+
+
+def _annotate(image_msg, result_msg):
+    """The node's annotated image for one output, drawn here (fast mode has no annotated topic)."""
+    from fer_ros.annotate import draw_results
+    from fer_ros.pipeline import FaceResult
+    from fer_ros.ros_image import bgr_to_image_msg, image_msg_to_bgr
+
+    results = [FaceResult(int(f.face_id), (f.box.x_offset, f.box.y_offset, f.box.width, f.box.height),
+                          f.expression, float(f.confidence), f.scores, float(f.detection_score))
+               for f in result_msg.faces]
+    return bgr_to_image_msg(draw_results(image_msg_to_bgr(image_msg), results), header=image_msg.header)
 
 
 def _recommended_params(info: dict) -> dict:
@@ -572,6 +593,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--image-topic", default=bags.IMAGE_TOPIC,
                    help="image topic in the bag (published to the node's image_topic, default %(default)s)")
     p.add_argument("--keep-images", action="store_true", help="also write the restamped images")
+    p.add_argument("--annotated", action="store_true",
+                   help="also write /faces/image_annotated (boxes, ids, expressions drawn on the frames)")
     p.add_argument("--record", action="append", default=[], metavar="TOPIC",
                    help="real-time mode: also record this topic, e.g. /faces/image_annotated (repeatable)")
     p.add_argument("--max-frames", type=int)
@@ -664,7 +687,7 @@ def _run(args) -> int:
         out = args.output or Path(f"{str(args.bag).rstrip('/')}_replay")
         s = replay(args.bag, out, rate=rate, params=params, external=args.external, image_topic=args.image_topic,
                    keep_images=args.keep_images, extra_topics=args.record, storage=args.storage,
-                   overwrite=args.overwrite, max_frames=args.max_frames)
+                   overwrite=args.overwrite, max_frames=args.max_frames, annotated=args.annotated)
         fps = f", {s['fps']:.1f} frames/s" if s.get("fps") else ""
         print(f"wrote {s['bag']}: {s['outputs']} outputs for {s['frames_in']} frames ({s['mode']}{fps}), "
               f"{s['labelled']} labels")

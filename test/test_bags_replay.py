@@ -63,8 +63,11 @@ def _node_params(model, **extra):
     return {**({"model_path": model} if model else {}), "backend": "onnxruntime", **extra}
 
 
-def _direct(video: Path, labels: bags.LabelTrack, params: dict):
-    """The same pipeline called directly on the decoded frames: {frame: (label, predicted or None)}."""
+def _direct(video: Path, labels: bags.LabelTrack, params: dict, stamps_s):
+    """The same pipeline called directly on the decoded frames: {frame: (label, predicted or None)}.
+
+    `stamps_s` are the stamps the replay gave the frames: the pipeline's choices (full scan
+    after a gap, track expiry) depend on them, so the same stamps give the same results."""
     from fer_ros.expression_node import PARAMS, build_pipeline
 
     p = {q.name: q.default for q in PARAMS}
@@ -77,7 +80,7 @@ def _direct(video: Path, labels: bags.LabelTrack, params: dict):
         ok, frame = cap.read()
         if not ok:
             break
-        results = pipeline.process(frame, stamp=i / fps)
+        results = pipeline.process(frame, stamp=stamps_s[i])
         subject = max(results, key=lambda r: r.box[2] * r.box[3]).expression if results else None
         out[i] = (labels.label(i, i / fps), subject)
         i += 1
@@ -100,7 +103,9 @@ def test_fast_replay_matches_direct_pipeline(video_bag, model, tmp_path):
     assert summary["frames_in"] == summary["outputs"] == 72
     result = evaluation.evaluate_bag(tmp_path / "out")
 
-    direct = _direct(video, labels, params)
+    msgs = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC, bags.FRAMES_TOPIC])
+    frame_stamps = [bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC]
+    direct = _direct(video, labels, params, [t / 1e9 for t in frame_stamps])
     scored = [(t, p) for t, p in direct.values() if t is not None]
     assert len(scored) == 55  # frames 0-53 and 70 by the CSV
     found = [(t, p) for t, p in scored if p is not None]
@@ -123,8 +128,6 @@ def test_fast_replay_matches_direct_pipeline(video_bag, model, tmp_path):
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] < 5000
 
     # frame by frame: the replayed output of frame i is the direct pipeline's prediction
-    msgs = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC, bags.FRAMES_TOPIC])
-    frame_stamps = [bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC]
     outputs = {bags.stamp_to_ns(m.msg.header.stamp): m.msg for m in msgs if m.topic == bags.EXPRESSIONS_TOPIC}
     assert len(frame_stamps) == 72 and set(outputs) == set(frame_stamps)
     for i, stamp in enumerate(frame_stamps):
@@ -246,8 +249,23 @@ def test_compressed_image_bag_replays(model, tmp_path, media):
     (tmp_path / "l.csv").write_text("0,10,happy\n")
     bags.label_bag(tmp_path / "rec", tmp_path / "lab", tmp_path / "l.csv", topic="/camera/image_raw/compressed")
     summary = bag_cli.replay(tmp_path / "lab", tmp_path / "out", rate=None, params=_node_params(model),
-                             image_topic="/camera/image_raw/compressed", log=lambda *_: None)
+                             image_topic="/camera/image_raw/compressed", log=lambda *_: None, annotated=True,
+                             keep_images=True)
     assert summary["outputs"] == 20 and summary["labelled"] == 20
+    # annotated frames: the input with the face box drawn in the expression's colour
+    msgs = bags.read_bag(tmp_path / "out", [bags.ANNOTATED_TOPIC, bags.IMAGE_TOPIC, bags.EXPRESSIONS_TOPIC])
+    drawn = [m.msg for m in msgs if m.topic == bags.ANNOTATED_TOPIC]
+    inputs = {bags.stamp_to_ns(m.msg.header.stamp): m.msg for m in msgs if m.topic == bags.IMAGE_TOPIC}  # decoded
+    exprs = {bags.stamp_to_ns(m.msg.header.stamp): m.msg for m in msgs if m.topic == bags.EXPRESSIONS_TOPIC}
+    assert len(drawn) == 20
+    for d in drawn[:3]:
+        stamp = bags.stamp_to_ns(d.header.stamp)
+        a, b = bags.image_to_array(d), bags.image_to_array(inputs[stamp])
+        box = exprs[stamp].faces[0].box
+        assert a.shape == b.shape == (360, 640, 3)
+        changed = np.any(a != b, axis=2)
+        assert changed[box.y_offset:box.y_offset + box.height, box.x_offset].mean() > 0.9  # left box edge
+        assert changed.mean() < 0.2
     result = evaluation.evaluate_bag(tmp_path / "out")
     assert result["labelled_frames"] == 20 and result["detection_rate"] >= 0.9
     out = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
