@@ -90,3 +90,41 @@ def test_augment_crops_inside_the_box(fer):
     best_f = min(np.abs(crop_face(im[:, ::-1].copy(), (x, y, s, s)).astype(int) - aug[3]).mean()
                  for s in range(41, 49) for x in range(0, 49 - s) for y in range(0, 49 - s))
     assert min(best, best_f) < 6
+
+
+def test_ckplus_original_folder_layout(tmp_path):
+    """The original CK+ layout (cohn-kanade-images/ + Emotion/ with codes 0..7), rebuilt here from
+    CK+48's own files for 6 sequences (their 3 frames each; faces already cropped -> `whole`)."""
+    import cv2
+    d = np.load(need_shared("data", "ckplus48.npz"))
+    names = [str(c) for c in d["class_names"]]
+    seqs = []
+    for i in range(len(d["labels"])):
+        key = (str(d["subject"][i]), int(d["sequence"][i]))
+        if key not in seqs:
+            seqs.append(key)
+        if len(seqs) == 6 and key not in seqs[:6]:
+            break
+    seqs = seqs[:6]
+    expect = {}
+    for i in range(len(d["labels"])):
+        s, q = str(d["subject"][i]), int(d["sequence"][i])
+        if (s, q) not in seqs:
+            continue
+        folder = tmp_path / "cohn-kanade-images" / s / f"{q:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{s}_{q:03d}_{int(d['frame'][i]):08d}.png"), d["images"][i])
+        if d["is_last_frame"][i]:  # CK+ has one Emotion file per sequence, named after its last frame
+            emo = tmp_path / "Emotion" / s / f"{q:03d}"
+            emo.mkdir(parents=True, exist_ok=True)
+            code = D.CK_CODES.index(names[d["labels"][i]])
+            (emo / f"{s}_{q:03d}_{int(d['frame'][i]):08d}_emotion.txt").write_text(f"   {code:.7e}\n")
+        expect[(s, q)] = D.CK_TO_LABEL[names[d["labels"][i]]]
+    small = D.load_ckplus_folder(tmp_path, "small7", detector="whole")
+    large = D.load_ckplus_folder(tmp_path, "large8", detector="whole")
+    assert len(small) == 6 and len(large) == 6 * 3 + 6  # + one neutral (first) frame per sequence
+    assert sorted(small.class_names[k] for k in small.labels) == sorted(expect.values())
+    assert large.counts()[large.class_names.index("neutral")] == 6
+    assert small.images.shape[1:] == (96, 96)
+    with pytest.raises(FileNotFoundError, match="Emotion"):
+        D.load_ckplus_folder(tmp_path / "nope", "small6")
