@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--model", default="", help="expression model (default: the shipped one)")
     ap.add_argument("--detector", default="default")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="extra expression_node parameter (repeatable), e.g. -p detect_interval:=1")
     ap.add_argument("--nice", type=int, default=None,
                     help="run the two nodes at this niceness (e.g. -10, needs root): a robot gives its "
                          "perception nodes priority over background jobs")
@@ -76,6 +78,8 @@ def main() -> int:
                   "-p", "publish_annotated:=false"]
     if args.model:
         expression += ["-p", f"model_path:={args.model}"]
+    for item in args.param:
+        expression += ["-p", item]
 
     rclpy.init()
     node = rclpy.create_node("bench_latency")
@@ -155,7 +159,8 @@ def main() -> int:
         received = int(diag.get("frames_received", 0)) - dropped0[1]
     load = os.getloadavg()
     print(f"camera {args.width}x{args.height} @ {args.rate:g} FPS, {args.faces} face(s), detector {args.detector}, "
-          f"backend {diag.get('backend', '?')}, model {diag.get('model', '?')}")
+          f"backend {diag.get('backend', '?')}, model {diag.get('model', '?')}"
+          + (f", {' '.join(args.param)}" if args.param else ""))
     print(f"measured {args.duration:g} s after {args.warmup:g} s warm-up; {len(lat)} results; "
           f"load average {load[0]:.2f} on {os.cpu_count()} CPUs"
           + (f"; nodes at niceness {args.nice}" if args.nice is not None else ""))

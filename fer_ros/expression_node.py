@@ -48,6 +48,10 @@ PARAMS = [
     Param("detector.min_neighbors", 5, "Haar: overlapping detections needed to accept a face (higher: "
           "fewer false faces, more missed ones).", range=(0, 50), read_only=True),
     Param("detector.score_threshold", 0.6, "YuNet: minimum face score.", range=(0.0, 1.0), read_only=True),
+    Param("detect_interval", 5, "Scan the whole frame for faces every N frames; in between, re-detect only "
+          "around the known faces (Haar; ~20x cheaper). A lost face triggers a full scan on the next "
+          "frame; a new face appears at most N-1 frames late. 1: full scan on every frame.",
+          range=(1, 1000), read_only=True),
     Param("min_face_size", 30, "Ignore faces whose shorter side is below this many image pixels (a "
           "48x48 crop of a smaller face carries little expression).", range=(1, 4096), read_only=True),
     Param("max_faces", 20, "Classify at most this many faces per frame (the largest), all in one batch.",
@@ -55,6 +59,8 @@ PARAMS = [
     Param("backend", "auto", "Classifier backend: 'auto' (TensorRT on an NVIDIA GPU when available, else "
           "ONNX Runtime), 'onnxruntime', 'tensorrt' (falls back to onnxruntime on any engine problem) "
           "or 'torch' (model_path is a training checkpoint).", read_only=True),
+    Param("classifier_threads", 0, "CPU threads of the classifier (onnxruntime/torch); 0: min(2, cores).",
+          range=(0, 256), read_only=True),
     Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
           "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
     Param("margin", -1.0, "Widen each face box by this fraction per side before cropping; -1: the "
@@ -96,8 +102,12 @@ def build_pipeline(p: dict):
         raise ValueError("detector 'yunet' needs detector.model (path of face_detection_yunet_*.onnx)")
     if "downscale_width" in det_params:
         det_params["downscale_width"] = det_params["downscale_width"] or None
+    from .classifier import ExpressionClassifier
+
+    classifier = ExpressionClassifier(p["model_path"] or None, backend=p["backend"],
+                                      threads=p["classifier_threads"] or None)
     return ExpressionPipeline(
-        detector=name, detector_params=det_params, model_path=p["model_path"] or None, backend=p["backend"],
+        detector=name, detector_params=det_params, classifier=classifier, detect_interval=p["detect_interval"],
         margin=None if p["margin"] < 0 else p["margin"], tracking=p["tracking"], smoothing=p["smoothing"],
         max_faces=p["max_faces"], min_face_size=p["min_face_size"], iou_threshold=p["tracking.iou_threshold"],
         max_age_s=p["tracking.max_age_s"], max_age_frames=p["tracking.max_age_frames"])
