@@ -92,12 +92,19 @@ class HaarDetector:
         if not ok:
             raise ValueError(f"could not load the Haar cascade {path} (not a cascade XML?)")
         self.cascade_path = str(path)
+        self._params = dict(scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size,
+                            max_size=max_size, downscale_width=downscale_width, equalize=equalize, cascade=cascade)
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.min_size = int(min_size)
         self.max_size = int(max_size) if max_size else None
         self.downscale_width = int(downscale_width) if downscale_width else None
         self.equalize = bool(equalize)
+
+    def clone(self) -> "HaarDetector":
+        """An independent copy (its own CascadeClassifier) for use from another thread:
+        OpenCV does not promise that one cascade object can run two detections at once."""
+        return HaarDetector(**self._params)
 
     def detect(self, frame) -> np.ndarray:
         gray = to_gray(_check_frame(frame))

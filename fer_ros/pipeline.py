@@ -12,6 +12,7 @@ ROS-free: the expression node wraps it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ from . import LABELS
 from .classifier import ExpressionClassifier
 from .detectors import make_detector
 from .preprocess import crop_faces
-from .tracking import FaceTracker
+from .tracking import FaceTracker, iou_matrix
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 0.1
 
@@ -88,6 +91,10 @@ class ExpressionPipeline:
         around the previous frame's faces (detectors with `detect_near`, i.e. Haar), which
         is ~20x cheaper. A face that is lost between scans triggers a full scan on the next
         frame; a new face appears at most N-1 frames late. 1 = full scan on every frame.
+    async_scan: run those periodic full scans in a background thread (on a clone of the
+        detector) instead of inside `process`, so no frame pays for a whole scan: known faces
+        are followed every frame, new ones join when their scan finishes (a frame or two
+        later). Results then depend on timing, so it is off by default (reproducible runs).
     """
 
     #: Between frames further apart than this (s), faces may have moved anywhere: full scan.
@@ -97,7 +104,7 @@ class ExpressionPipeline:
                  tracking: bool = True, smoothing: float = 0.6, margin: float | None = None,
                  max_faces: int | None = 20, min_face_size: int = 30, iou_threshold: float = 0.3,
                  max_age_s: float = 1.0, max_age_frames: int = 30, detector_params: dict | None = None,
-                 model_path=None, backend: str = "auto", detect_interval: int = 5):
+                 model_path=None, backend: str = "auto", detect_interval: int = 5, async_scan: bool = False):
         if max_faces is not None and max_faces < 1:
             raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
         if min_face_size < 1:
@@ -123,6 +130,11 @@ class ExpressionPipeline:
         self._last_boxes = np.zeros((0, 5), np.float32)
         self._last_shape = None
         self._last_stamp: float | None = None
+        # Background scans: a clone of the detector (its own cascade) and one pending future.
+        self.async_scan = bool(async_scan) and callable(getattr(detector, "clone", None))
+        self._scanner = detector.clone() if self.async_scan else None
+        self._executor = None
+        self._pending = None
         self.max_faces = max_faces
         self.min_face_size = int(min_face_size)
         self.tracker = FaceTracker(iou_threshold, max_age_s, max_age_frames, smoothing) if tracking else None
@@ -139,6 +151,35 @@ class ExpressionPipeline:
             self.tracker.reset(restart_ids)
         self._since_scan = None
         self._last_boxes = np.zeros((0, 5), np.float32)
+        self._pending = None  # a scan of the old scene still running is ignored
+
+    def close(self) -> None:
+        """Stop the background scan thread (async_scan); the pipeline still works afterwards."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor, self._pending = None, None
+
+    def _submit_scan(self, frame) -> None:
+        if self._pending is None:
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer_scan")
+            # copy: the caller may reuse the frame's buffer (ROS messages, camera drivers)
+            self._pending = self._executor.submit(self._scanner.detect, np.array(frame, copy=True))
+
+    def _collect_scan(self, boxes: np.ndarray) -> np.ndarray:
+        """Add the faces a finished background scan found that nobody is following yet."""
+        if self._pending is None or not self._pending.done():
+            return boxes
+        future, self._pending = self._pending, None
+        try:
+            found = self.select(np.asarray(future.result(), np.float32).reshape(-1, 5))
+        except Exception as exc:  # noqa: BLE001 - a failed background scan must not stop the stream
+            log.warning("background face scan failed: %s", exc)
+            return boxes
+        if len(boxes):
+            found = found[iou_matrix(found, boxes).max(axis=1) < 0.3] if len(found) else found
+        return self.select(np.concatenate([boxes, found])) if len(found) else boxes
 
     def detect(self, frame, stamp: float | None = None) -> np.ndarray:
         """Full scan every `detect_interval` frames (or after a face was lost, a change of frame
@@ -150,17 +191,25 @@ class ExpressionPipeline:
                and not 0.0 <= stamp - self._last_stamp <= self.MAX_GAP_S)
         scan = (near is None or self.detect_interval == 1 or self._since_scan is None
                 or self._since_scan + 1 >= self.detect_interval or shape != self._last_shape or gap)
+        background = scan and self.async_scan and shape == self._last_shape and not gap
         self._last_shape, self._last_stamp = shape, stamp
-        if scan:
+        if scan and not background:
+            self._pending = None
             boxes = self.select(np.asarray(self.detector.detect(frame), np.float32).reshape(-1, 5))
             self._since_scan = 0
         else:
-            self._since_scan += 1
+            if background:
+                self._submit_scan(frame)
+                self._since_scan = 0
+            else:
+                self._since_scan += 1
             boxes = np.zeros((0, 5), np.float32)
             if len(self._last_boxes):
                 boxes = self.select(np.asarray(near(frame, self._last_boxes), np.float32).reshape(-1, 5))
             if len(boxes) < len(self._last_boxes):
                 self._since_scan = None  # someone was lost (moved fast, turned, left): scan next frame
+            if self.async_scan:
+                boxes = self._collect_scan(boxes)
         self._last_boxes = boxes
         return boxes
 

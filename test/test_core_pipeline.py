@@ -216,3 +216,57 @@ def test_margin_comes_from_the_model_card(tmp_path):
     assert ExpressionPipeline(classifier=clf, margin=0.0).margin == 0.0  # explicit wins
     (tmp_path / "model_card.json").write_text("{broken")
     assert ExpressionPipeline(classifier=clf).margin == 0.1
+
+
+class SlowCloneableDetector(ScriptedDetector):
+    """Full scans take `delay` seconds; clones share the log."""
+
+    def __init__(self, boxes, delay, log=None):
+        super().__init__(boxes)
+        self.delay = delay
+        self.log = self.log if log is None else log
+
+    def clone(self):
+        return SlowCloneableDetector(self.boxes, self.delay, self.log)
+
+    def detect(self, frame):
+        import time
+        time.sleep(self.delay)
+        return super().detect(frame)
+
+
+def test_async_scan_keeps_frames_fast_and_adds_new_faces_later(clf):
+    import time
+
+    det = SlowCloneableDetector([[100, 100, 80, 80, 0.9]], delay=0.0)
+    pipe = ExpressionPipeline(detector=det, classifier=clf, detect_interval=3, async_scan=True)
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    assert [r.face_id for r in pipe.process(frame, 0.0)] == [1]  # the first frame scans in line
+    pipe._scanner.delay = 0.3  # from now on the background scans are slow ...
+    pipe._scanner.boxes = np.array([[100, 100, 80, 80, 0.9], [400, 100, 80, 80, 0.9]], np.float32)  # ... and see a newcomer
+    worst, seen_two_at = 0.0, None
+    for i in range(1, 30):
+        t0 = time.perf_counter()
+        res = pipe.process(frame, i * 0.033)
+        worst = max(worst, time.perf_counter() - t0)
+        if len(res) == 2 and seen_two_at is None:
+            seen_two_at = i
+        assert 1 in [r.face_id for r in res]  # the known face is followed on every frame
+        time.sleep(0.033)
+    assert worst < 0.2  # no frame waited for a 0.3 s scan
+    assert seen_two_at is not None and seen_two_at >= 3  # the new face joined once its scan was done
+    assert sorted(r.face_id for r in pipe.process(frame, 1.0)) == [1, 2]
+    pipe.close()
+
+
+def test_async_scan_on_real_video(clf):
+    pipe = ExpressionPipeline(classifier=clf, async_scan=True)
+    assert pipe.async_scan
+    video = frames("single_face.mp4")
+    counts, ids = [], set()
+    for i, f in enumerate(video):
+        res = pipe.process(f, i / 30)
+        counts.append(len(res))
+        ids |= {r.face_id for r in res}
+    pipe.close()
+    assert ids == {1} and max(counts) == 1 and np.mean(counts) >= 0.9
