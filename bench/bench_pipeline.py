@@ -112,7 +112,8 @@ def main() -> int:
 
     rows = {}
     cases = [("pipeline (default: haar@320, detect_interval=5)", dict()),
-             ("pipeline, full scan every frame (detect_interval=1)", dict(detect_interval=1))]
+             ("pipeline, full scan every frame (detect_interval=1)", dict(detect_interval=1)),
+             ("pipeline, background full scans (async_scan=True)", dict(async_scan=True))]
     if Path(args.yunet).is_file():
         cases.append(("pipeline, yunet@320 (needs a model path)",
                       dict(detector="yunet", detector_params={"model": args.yunet, "downscale_width": 320})))
@@ -121,6 +122,7 @@ def main() -> int:
             pipe, stages = ExpressionPipeline(classifier=clf, **kw), {}
             ms, faces = time_frames(pipe_fn(pipe, stages), frames, args.frames, args.warmup)
             rows[(name, label)] = ms
+            pipe.close()
             parts = " ".join(f"{k} {np.median(v[args.warmup:]):.2f}" for k, v in stages.items())
             print(f"{name:55s} {label}: {stats(ms)} ms/frame  (faces found: median {int(np.median(faces))}; "
                   f"p50 ms {parts})")
