@@ -61,6 +61,10 @@ def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5,
         p_all.append(np.array(m["confusion"]))
         for f in ("last.pt", "best.pt"):  # keep the run directory small: final.pt is the fold's model
             (out / f"fold{i}" / f).unlink(missing_ok=True)
+    if folds is not None:
+        # Only some folds ran (completing a run cut short): the whole CV is summarised from
+        # every fold*/result.json in `out` by training.results, so write no partial summary.
+        return {"kind": "cv-folds", "folds": per_fold}
     cm = sum(p_all)
     # pooled metrics from the summed confusion matrix
     yt = np.repeat(np.repeat(np.arange(len(cm))[:, None], len(cm), 1).ravel(), cm.ravel())
@@ -136,6 +140,9 @@ def main(argv=None) -> int:
     if a.cmd == "cv":
         fs = load_dataset(a.dataset, a.shared)
         r = run_cv(fs, cfg, a.out, a.by, a.k, a.fold_seed, a.folds)
+        if a.folds is not None:
+            print(f"{a.dataset} {a.by}: folds {[(f['fold'], round(f['accuracy'], 4)) for f in r['folds']]} -> {a.out}")
+            return 0
         print(f"{a.dataset} {a.by} {a.k}-fold: {r['mean_accuracy']:.4f} +- {r['std_accuracy']:.4f} "
               f"(pooled macro F1 {r['pooled']['macro_f1']:.4f}) -> {a.out}")
     else:
