@@ -18,13 +18,11 @@ from collections import deque
 
 import cv2
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from .ros_image import bgr_to_image_msg
-from .ros_params import Param, declare_params, qos_from_params, qos_params
+from .ros_params import Param, declare_params, qos_from_params, qos_params, run_node
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -269,22 +267,8 @@ def _image_type():
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
-        pass
-    except ValueError as exc:  # unusable source or parameter: say so, exit non-zero
-        print(f"camera_node: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+    # ValueError: unusable source or parameter
+    return run_node("camera_node", CameraNode, (ValueError,), args)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,13 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from .ros_image import image_msg_to_bgr, bgr_to_image_msg
-from .ros_params import Param, declare_params, qos_from_params, qos_params
+from .ros_params import Param, declare_params, qos_from_params, qos_params, run_node
 
 PARAMS = [
     Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
@@ -300,21 +298,8 @@ class ExpressionNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ExpressionNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad parameter / model: say which
-        print(f"expression_node: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # bad parameter or model: say which
+    return run_node("expression_node", ExpressionNode, (ValueError, FileNotFoundError, ImportError), args)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,33 @@ def describe_params(params: Iterable[Param]) -> str:
             if isinstance(p.default, bool) else str(p.default)
         rows.append(f"| `{p.name}` | `{default}` | {p.description} |")
     return "\n".join(rows)
+
+
+def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=None,
+             spin=None) -> int:
+    """The `main()` of every fer_ros node: init, build, spin until Ctrl-C or shutdown.
+
+    A configuration mistake (one of `config_errors` raised while building the node) is one
+    clear line on stderr and exit code 2, not a traceback. `spin(node)` replaces rclpy.spin
+    for nodes that decide themselves when they are finished.
+    """
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        (spin or rclpy.spin)(node)
+    except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
+        pass
+    except config_errors as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -19,7 +19,6 @@ import threading
 
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
@@ -28,7 +27,7 @@ from std_srvs.srv import Trigger
 
 from fer_ros import LABELS
 from fer_ros.msg import FaceExpressionArray, TherapyState
-from fer_ros.ros_params import Param, declare_params, qos_from_params, qos_params
+from fer_ros.ros_params import Param, declare_params, qos_from_params, qos_params, run_node
 from fer_ros.session_log import SessionLog
 from fer_ros.therapy import VERBS, Face, Observation, TherapyConfig, TherapySession
 
@@ -282,24 +281,15 @@ class TherapyNode(Node):
         return super().destroy_node()
 
 
+def _spin_until_finished(node) -> None:
+    while rclpy.ok() and not node.finished:
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TherapyNode()
-        while rclpy.ok() and not node.finished:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException) as exc:  # bad configuration: say which setting, exit non-zero
-        print(f"therapy_node: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+    # bad configuration: say which setting
+    return run_node("therapy_node", TherapyNode, (ValueError, ParameterException), args,
+                    spin=_spin_until_finished)
 
 
 if __name__ == "__main__":
