@@ -184,10 +184,15 @@ class TensorRTBackend:
 # ---- `fer-ros build-engine` ---------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", metavar="ONNX", help="ONNX model (default: the shipped expression model)")
+    parser.add_argument("model_pos", nargs="?", metavar="MODEL.onnx",
+                        help="ONNX model (default: the shipped expression model)")
+    parser.add_argument("--model", metavar="ONNX", help="the same as MODEL.onnx")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="engine cache folder (default: $FER_ROS_ENGINE_CACHE or ~/.cache/fer_ros/engines)")
-    parser.add_argument("--fp32", action="store_true", help="build in FP32 (default: FP16 where the GPU supports it)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true",
+                           help="build in FP16 where the GPU supports it (the default)")
+    precision.add_argument("--fp32", action="store_true", help="build in FP32")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help="largest number of faces per call (default: %(default)s)")
 
@@ -195,7 +200,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .classifier import default_model_path
 
-    model = Path(args.model) if args.model else default_model_path()
+    given = args.model_pos or args.model
+    model = Path(given) if given else default_model_path()
     if not model.is_file():
         print(f"fer-ros build-engine: error: model not found: {model}", file=sys.stderr)
         return 2

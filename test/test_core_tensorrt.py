@@ -296,3 +296,7 @@ def test_build_engine_cli_with_api_stand_ins(model, tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out.strip()
     assert out.endswith(".engine") and "fp32-b8" in out and (tmp_path / out.split("/")[-1]).is_file()
     assert ("flag", "fp16") not in calls and ("profile", "input", 1, 4, 8) in calls
+    # the form the docs give: `fer-ros build-engine MODEL.onnx --fp16`
+    calls.clear()
+    assert cli_main(["build-engine", str(model), "--cache-dir", str(tmp_path), "--fp16"]) == 0
+    assert "fp16-b32" in capsys.readouterr().out
