@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+CK_N = {"small6": 309, "small7": 327, "large6": 927, "large7": 981}  # images per CK+48 setup
 PAPER = {"fer": "67.03", "ck6_small": "96.92", "jaffe": "95.24", "jaffe_to_ck": "72.49", "ck_to_jaffe": "50.27"}
 
 
@@ -93,7 +94,7 @@ def tables(runs: Path) -> str:
                       ("large6", "last 3 frames, 6 classes"), ("large7", "last 3 frames, 7 (+contempt)")):
         key = "ck6" if setup == "small6" else f"ck{setup}"
         r = cv(f"cv_{key}_2s_random")
-        out.append(f"| {nm} | {(r['n'] or '') if r else '?'} | {cvcell(r)} | {cvcell(cv(f'cv_{key}_2s_subject'))} | "
+        out.append(f"| {nm} | {CK_N[setup]} | {cvcell(r)} | {cvcell(cv(f'cv_{key}_2s_subject'))} | "
                    f"{PAPER['ck6_small'] if setup == 'small6' else '—'} |")
     out += ["| 8 classes (+neutral) | — | cannot be formed from CK+48 (no neutral onset frames) | | — |"]
     out += ["", "### Cross-dataset (two-stage model trained on all of the source)", "",
