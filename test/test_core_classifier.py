@@ -257,3 +257,18 @@ def test_shipped_int8_copy_agrees_with_the_fp32_model():
     b = int8.predict(imgs).argmax(1)
     assert (b == y).mean() >= (a == y).mean() - 0.01  # at most 1 point less accurate
     assert (a == b).mean() >= 0.9
+
+
+def test_shipped_int8_copy_was_made_from_the_shipped_model():
+    """A re-trained FP32 model shipped without re-running `python -m training.quantize` would
+    leave a stale INT8 copy that the CPU backend prefers: the card records its source's hash."""
+    import hashlib
+    import json
+
+    from fer_ros.classifier import default_int8_model_path
+
+    if not default_int8_model_path().is_file():
+        pytest.skip(f"no INT8 copy shipped at {default_int8_model_path()}")
+    card = json.loads(default_model_path().with_name("model_card.json").read_text())
+    assert card["int8"]["file"] == default_int8_model_path().name
+    assert card["int8"]["from_sha256"] == hashlib.sha256(default_model_path().read_bytes()).hexdigest()

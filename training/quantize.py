@@ -1,0 +1,67 @@
+"""Make the INT8 copy of the shipped model that the CPU backend prefers, and score both.
+
+    python -m training.quantize [--model fer_ros/models/fer_mobilenet_v1.onnx] [--calib 512] [--seed 0]
+
+Calibrates on `--calib` FER-2013 *Training* faces (seeded draw), writes
+`<model>_int8.onnx` beside the model, scores FP32 and INT8 on PublicTest through
+ExpressionClassifier (the same code path as the nodes) and records the result under "int8"
+in the model card JSON. The INT8 copy keeps the first convolution and the classifier in FP32
+(fer_ros.classifier.quantize_int8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from fer_ros.classifier import ExpressionClassifier, default_model_path, quantize_int8
+from training import data as D
+
+
+def accuracy(clf: ExpressionClassifier, images: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    pred = np.concatenate([clf.predict(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+    return float((pred == labels).mean()), pred
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=default_model_path())
+    ap.add_argument("--calib", type=int, default=512, help="number of FER-2013 training faces to calibrate on")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shared", default=None, help="shared data folder (default $FER_SHARED or ../shared)")
+    args = ap.parse_args(argv)
+
+    fer = D.load_fer2013(D.shared_path(args.shared) / "data" / "fer2013.npz")
+    train = np.flatnonzero(fer.split == 0)
+    test = np.flatnonzero(fer.split == 1)
+    calib = np.random.default_rng(args.seed).choice(train, args.calib, replace=False)
+    out = args.model.with_name(args.model.stem + "_int8.onnx")
+    quantize_int8(args.model, out, fer.images[calib])
+
+    fp32_acc, fp32_pred = accuracy(ExpressionClassifier(args.model, backend="onnxruntime", int8=False),
+                                   fer.images[test], fer.labels[test])
+    int8_acc, int8_pred = accuracy(ExpressionClassifier(out, backend="onnxruntime", int8=False),
+                                   fer.images[test], fer.labels[test])
+    import hashlib
+
+    result = {"file": out.name, "from_sha256": hashlib.sha256(args.model.read_bytes()).hexdigest(),
+              "calibration": f"{args.calib} FER-2013 Training faces, seed {args.seed}",
+              "command": f"python -m training.quantize --calib {args.calib} --seed {args.seed}",
+              "publictest_accuracy_fp32": round(fp32_acc, 4), "publictest_accuracy_int8": round(int8_acc, 4),
+              "agreement_with_fp32": round(float((fp32_pred == int8_pred).mean()), 4),
+              "made": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    card = args.model.with_name("model_card.json")
+    if card.is_file():
+        meta = json.loads(card.read_text())
+        meta["int8"] = result
+        card.write_text(json.dumps(meta, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
