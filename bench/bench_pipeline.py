@@ -10,7 +10,7 @@ Prints, after warm-up:
 - the paper-style baseline in the same process: Haar at full resolution, scale 1.1,
   5 neighbours, faces classified one at a time, no tracking; and the ratio baseline/pipeline.
 
-    .venv/bin/python bench/bench_pipeline.py [--model M.onnx] [--also-model INT8.onnx] [--frames 150]
+    .venv/bin/python bench/bench_pipeline.py [--model M.onnx] [--also-model fer_ros/models/fer_mobilenet_v1.onnx] [--frames 150]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fer_ros.classifier import ExpressionClassifier, default_model_path  # noqa: E402
+from fer_ros.classifier import ExpressionClassifier  # noqa: E402
 from fer_ros.detectors import HaarDetector, make_detector  # noqa: E402
 from fer_ros.pipeline import ExpressionPipeline  # noqa: E402
 from fer_ros.preprocess import crop_faces  # noqa: E402
@@ -77,12 +77,13 @@ def time_frames(fn, frames, n: int, warmup: int) -> tuple[list[float], list[int]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(default_model_path()),
-                    help="expression ONNX model for the pipeline (default: the shipped FP32 model)")
+    ap.add_argument("--model", default=None,
+                    help="expression ONNX model for the pipeline (default: what ExpressionClassifier() "
+                         "loads, i.e. the shipped INT8 copy on CPU when present)")
     ap.add_argument("--frames", type=int, default=150, help="timed frames per case")
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op and OpenCV threads")
-    ap.add_argument("--also-model", action="append", default=[], metavar="M.onnx",
+    ap.add_argument("--also-model", action="append", default=[], metavar="M.onnx",  # e.g. the FP32 file
                     help="also time the classifier alone with this model (e.g. an INT8 copy), same process")
     ap.add_argument("--yunet", default=str(shared_dir() / "models" / "face_detection_yunet_2026may.onnx"))
     args = ap.parse_args()
@@ -91,6 +92,8 @@ def main() -> int:
     if not media.is_dir():
         print(f"shared media not found at {media} (set FER_SHARED)", file=sys.stderr)
         return 2
+    if args.model is None:  # the package default, as the nodes use it
+        args.model = str(ExpressionClassifier(backend="onnxruntime").model_path)
     if not Path(args.model).is_file():
         print(f"expression model not found: {args.model} (pass --model)", file=sys.stderr)
         return 2
