@@ -59,8 +59,30 @@ def main(argv=None) -> int:
         meta = json.loads(card.read_text())
         meta["int8"] = result
         card.write_text(json.dumps(meta, indent=1) + "\n")
+    md = args.model.with_name("MODEL_CARD.md")
+    if md.is_file():
+        write_card_section(md, result)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def write_card_section(md: Path, r: dict) -> None:
+    """Put (or replace) the INT8 section at the end of MODEL_CARD.md."""
+    text = md.read_text()
+    head = "\n## INT8 copy"
+    if head in text:
+        text = text[:text.index(head)]
+    text = text.rstrip("\n") + "\n" + f"""
+## INT8 copy (`{r['file']}`, used by default on CPU)
+Made from this model by `{r['command']}` ({r['made']}): ONNX Runtime static QDQ quantization
+(`fer_ros.classifier.quantize_int8`), per-channel, calibrated on {r['calibration']}, first
+convolution and classifier kept in FP32. FER-2013 PublicTest: **{r['publictest_accuracy_int8']:.2%}**
+(FP32 {r['publictest_accuracy_fp32']:.2%}); same answer as FP32 on {r['agreement_with_fp32']:.2%} of the
+3,589 faces. It is what `ExpressionClassifier()` runs on the onnxruntime CPU backend, because it
+is 1.5-2x faster in batches (docs/core.md); `int8=False` (or any explicit `model_path`) uses the
+FP32 file. `training.ship` re-runs this step; a test checks the copy's recorded source hash.
+"""
+    md.write_text(text)
 
 
 if __name__ == "__main__":

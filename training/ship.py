@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-json", default=None, help="JSON file merged into model_card.json['extra']")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--out", default=str(MODELS))
+    ap.add_argument("--no-int8", action="store_true",
+                    help="do not (re)make the INT8 copy the CPU backend prefers (training.quantize)")
     a = ap.parse_args(argv)
     model, ck = load_checkpoint(a.checkpoint, with_extra=True)
     out = Path(a.out)
@@ -112,6 +114,13 @@ def main(argv=None) -> int:
     (out / "MODEL_CARD.md").write_text("\n".join(md))
     print(f"shipped {onnx_path}: PublicTest accuracy {m['accuracy']:.4f} (onnxruntime), macro F1 {m['macro_f1']:.4f}; "
           f"max abs logit diff vs PyTorch {diff:.3g}")
+    int8 = onnx_path.with_name(onnx_path.stem + "_int8.onnx")
+    if not a.no_int8:  # a stale INT8 copy of the previous model would otherwise be used on CPU
+        from training import quantize
+
+        quantize.main(["--model", str(onnx_path)] + (["--shared", a.shared] if a.shared else []))
+    elif int8.is_file():
+        int8.unlink()
     return 0
 
 
