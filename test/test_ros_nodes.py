@@ -399,3 +399,33 @@ def test_camera_rate_zero_uses_the_video_files_own_rate(ros):
         assert node.read_frame().shape == (540, 960, 3)
     finally:
         node.destroy_node()
+
+
+def test_async_scan_node_tracks_a_video_face_and_stops_its_scan_thread(ros, tmp_path):
+    """async_scan: full scans run beside the frames; the one face of single_face.mp4 is found in
+    (nearly) every frame under one id, and destroy_node stops the background scanner."""
+    from fer_ros.expression_node import ExpressionNode
+
+    context, _ = ros
+    node = ExpressionNode(params={"backend": "onnxruntime", "model_path": model_for_tests(tmp_path),
+                                  "async_scan": True, "detect_interval": 5},
+                          subscribe=False, context=context)
+    try:
+        assert node.pipeline.async_scan
+        cap = cv2.VideoCapture(str(need_shared("media", "single_face.mp4")))
+        ids, counts = set(), []
+        for i in range(40):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            header = Header(frame_id="video")  # 30 FPS stamps, as a camera gives
+            header.stamp.sec, header.stamp.nanosec = 5000 + i // 30, (i % 30) * 33_333_333
+            out = node.process_image(bgr_to_image_msg(frame, header=header), publish=False)
+            counts.append(len(out.faces))
+            ids.update(f.face_id for f in out.faces)
+        cap.release()
+        assert len(counts) == 40 and counts.count(1) >= 36, counts
+        assert len(ids) == 1, ids
+    finally:
+        node.destroy_node()
+    assert node.pipeline._executor is None
