@@ -28,7 +28,7 @@ from std_srvs.srv import Trigger
 from fer_ros import LABELS
 from fer_ros.msg import FaceExpressionArray, TherapyState
 from fer_ros.ros_params import Param, declare_params, qos_from_params, qos_params, run_node
-from fer_ros.session_log import SessionLog
+from fer_ros.session_log import SessionLog, write_reports
 from fer_ros.therapy import VERBS, Face, Observation, TherapyConfig, TherapySession
 
 _D = TherapyConfig()
@@ -270,6 +270,11 @@ class TherapyNode(Node):
                     return super().destroy_node()
                 running = self.session.stage not in ("idle", "done")
                 self.session.close(self._now(), "shutdown")
+                log = self.session.log
+                if log is not None and self.session.stage == "done" and "timeline" not in self.session.reports:
+                    # Ctrl-C arrived while the reports of a finished session were being written
+                    # (or writing them failed): the events file is complete, so write them again.
+                    self.session.reports = write_reports(log.events_path)
                 if self.context.ok():
                     self._flush()
                 else:  # Ctrl-C already shut ROS down: nothing can be published any more

@@ -255,3 +255,25 @@ def test_auto_start_waits_for_a_running_clock(ctx, tmp_path):
         assert h.node.session.stage == "introduction" and h.node.session.t0 == 1_700_000_000.0
     finally:
         h.close()
+
+
+def test_reports_of_a_finished_session_are_rewritten_at_shutdown(ctx, tmp_path, monkeypatch):
+    """If writing the end-of-session reports is cut short (Ctrl-C while plotting, a full
+    disk for a moment), shutting the node down writes them from the complete events file."""
+    from fer_ros import session_log
+
+    def fail(self, plot=True):
+        self._file.close()
+        self.closed = True
+        raise RuntimeError("interrupted while writing the reports")
+
+    monkeypatch.setattr(session_log.SessionLog, "finish", fail)
+    h = Harness(ctx, tmp_path, auto_start=True, practice_mode="imitation")
+    try:
+        h.wait_for(lambda: (h.step("happy") or True) and h.last().stage == "done", "done")
+        folder = next(tmp_path.iterdir())
+        assert "error" in h.node.session.reports and not (folder / "timeline.png").exists()
+    finally:
+        h.close()
+    assert (folder / "trials.csv").exists() and (folder / "timeline.png").exists()
+    assert "happy" in (folder / "trials.csv").read_text()
