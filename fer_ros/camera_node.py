@@ -18,11 +18,12 @@ from collections import deque
 
 import cv2
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 
 from .ros_image import bgr_to_image_msg
-from .ros_params import Param, declare_params, qos_from_params, qos_params, run_node
+from .ros_params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
+                         qos_params, run_node)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -149,8 +150,7 @@ class CameraNode(Node):
         self.rate = float(rate)
         self.timer = self.create_timer(1.0 / self.rate, self._tick)
         self._published = deque(maxlen=120)  # publish times, for the rate in diagnostics
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+        publish_diagnostics_every(self, 1.0, self.diagnostics)
         self.get_logger().info(f"publishing {self.kind} source {self.p['source']!r} on "
                                f"{self.pub.topic_name} at {self.rate:g} fps "
                                f"(qos {self.p['qos.reliability']}, depth {self.p['qos.depth']})")
@@ -246,13 +246,8 @@ class CameraNode(Node):
             status.level, status.message = DiagnosticStatus.OK, f"{rate:.1f} fps"
         values = {"source": self.p["source"], "kind": self.kind, "frames_published": self.frames,
                   "rate_hz": f"{rate:.2f}", "target_rate_hz": f"{self.rate:g}"}
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        status.values = key_values(values)
         return status
-
-    def _publish_diagnostics(self):
-        msg = DiagnosticArray(status=[self.diagnostics()])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
 
     def destroy_node(self):
         if self.cap is not None:

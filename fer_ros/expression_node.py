@@ -24,13 +24,14 @@ import time
 from collections import deque
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from .ros_image import image_msg_to_bgr, bgr_to_image_msg
-from .ros_params import Param, declare_params, qos_from_params, qos_params, run_node
+from .ros_params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
+                         qos_params, run_node)
 
 PARAMS = [
     Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
@@ -161,7 +162,6 @@ class ExpressionNode(Node):
         out_qos = qos_from_params(self.p, "output_qos")
         self.pub = self.create_publisher(FaceExpressionArray, "faces/expressions", out_qos)
         self.pub_annotated = self.create_publisher(Image, "faces/image_annotated", out_qos)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self._lock = threading.Lock()
         self._process_lock = threading.Lock()  # one frame at a time through the pipeline
@@ -182,7 +182,7 @@ class ExpressionNode(Node):
                                                 qos_from_params(self.p, "qos"))
             self._worker = threading.Thread(target=self._work, name="expression_worker", daemon=True)
             self._worker.start()
-        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+        publish_diagnostics_every(self, self.p["diagnostics_period"], self.diagnostics)
         topic = self.sub.topic_name if self.sub else "(none: in-process)"
         self.get_logger().info(
             f"expressions from {topic} -> {self.pub.topic_name}; detector {self.p['detector']}, "
@@ -283,13 +283,8 @@ class ExpressionNode(Node):
             "detector": self.p["detector"],
         }
         values.update({f"last_{k}_ms": f"{v:.1f}" for k, v in timings.items()})
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        status.values = key_values(values)
         return status
-
-    def _publish_diagnostics(self):
-        msg = DiagnosticArray(status=[self.diagnostics()])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
 
     def destroy_node(self):
         with self._wake:

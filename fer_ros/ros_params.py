@@ -117,3 +117,24 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def publish_diagnostics_every(node, period: float, make_status) -> None:
+    """Publish `make_status()` (a DiagnosticStatus) on /diagnostics every `period` seconds."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def publish():
+        msg = DiagnosticArray(status=[make_status()])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        pub.publish(msg)
+
+    node.create_timer(period, publish)
+
+
+def key_values(values: dict) -> list:
+    """{name: value} -> diagnostic_msgs/KeyValue list (values as strings)."""
+    from diagnostic_msgs.msg import KeyValue
+
+    return [KeyValue(key=k, value=str(v)) for k, v in values.items()]
