@@ -31,10 +31,7 @@ from fer_ros.classifier import ExpressionClassifier  # noqa: E402
 from fer_ros.detectors import HaarDetector, make_detector  # noqa: E402
 from fer_ros.pipeline import ExpressionPipeline  # noqa: E402
 from fer_ros.preprocess import crop_faces  # noqa: E402
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("FER_SHARED", REPO.parent / "shared")).resolve()
+from training.data import shared_path as shared_dir  # noqa: E402
 
 
 def letterbox(img: np.ndarray, w: int = 640, h: int = 480) -> np.ndarray:

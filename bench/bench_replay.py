@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_ros import bag_cli, bags, evaluation  # noqa: E402
+from training.data import shared_path  # noqa: E402
 
 
 def main() -> int:
@@ -36,7 +37,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="fast replays; the best is reported")
     args = ap.parse_args()
 
-    shared = Path(os.environ.get("FER_SHARED", REPO.parent / "shared"))
+    shared = shared_path()
     video = shared / "media" / "single_face.mp4"
     if not video.exists():
         print(f"missing {video} (set FER_SHARED)", file=sys.stderr)

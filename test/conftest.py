@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from training.data import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_dir() -> Path:
-    return Path(os.environ.get("FER_SHARED", REPO.parent / "shared")).resolve()
+    """$FER_SHARED, else ../shared beside the checkout (the one rule, in training.data)."""
+    return shared_path()
 
 
 def need_shared(*parts: str) -> Path:

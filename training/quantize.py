@@ -12,6 +12,7 @@ in the model card JSON. The INT8 copy keeps the first convolution and the classi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,8 +47,6 @@ def main(argv=None) -> int:
                                    fer.images[test], fer.labels[test])
     int8_acc, int8_pred = accuracy(ExpressionClassifier(out, backend="onnxruntime", int8=False),
                                    fer.images[test], fer.labels[test])
-    import hashlib
-
     result = {"file": out.name, "from_sha256": hashlib.sha256(args.model.read_bytes()).hexdigest(),
               "calibration": f"{args.calib} FER-2013 Training faces, seed {args.seed}",
               "command": f"python -m training.quantize --calib {args.calib} --seed {args.seed}",

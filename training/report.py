@@ -72,18 +72,13 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(ep, [h["train_loss"] for h in history], label="train")
-    if history and "val_loss" in history[0]:
-        a.plot(ep, [h["val_loss"] for h in history], label="validation")
-    a.set_xlabel("epoch")
-    a.set_ylabel("loss")
-    a.legend()
-    b.plot(ep, [h["train_acc"] for h in history], label="train")
-    if history and "val_acc" in history[0]:
-        b.plot(ep, [h["val_acc"] for h in history], label="validation")
-    b.set_xlabel("epoch")
-    b.set_ylabel("accuracy")
-    b.legend()
+    for ax, key, name in ((a, "loss", "loss"), (b, "acc", "accuracy")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], label="train")
+        if history and f"val_{key}" in history[0]:
+            ax.plot(ep, [h[f"val_{key}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
