@@ -210,8 +210,9 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     np.random.seed(cfg.seed)
     class_names = tuple(train.class_names)
     model = make_model(cfg, class_names, log).to(device)
+    # channels_last: cuDNN's fast path, and on a 2-core CPU (oneDNN) 99 vs 136 ms per batch of 64.
+    model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     closs = CenterLoss(len(class_names), model.feature_dim).to(device)
     if getattr(model, "_init_centers", None) is not None:
@@ -266,8 +267,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         for b in steps:
             idx = perm_t[b * cfg.batch:(b + 1) * cfg.batch]
             x = x_all[idx].float().unsqueeze(1).mul_(1 / 127.5).sub_(1.0)  # == preprocess.normalize
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             y = labels_all[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits, feats = model(x, return_features=True)
