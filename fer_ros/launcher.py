@@ -73,6 +73,8 @@ class Recorder:
         self.node = rclpy.create_node("fer_ros_recorder", context=self.context)
         qos = QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE)
         self.folder, self.writer, self.frames, self.results = folder, None, 0, 0
+        self.closing = False
+        self.annotated_topic = values["annotated_topic"]
         self.jsonl = open(folder / "expressions.jsonl", "w", buffering=1)
         self.node.create_subscription(Image, values["annotated_topic"], self._on_image, qos)
         self.node.create_subscription(FaceExpressionArray, values["expressions_topic"], self._on_faces, qos)
@@ -82,10 +84,14 @@ class Recorder:
         self.thread.start()
 
     def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # context shut down
-            pass
+        # A failing callback must not end the recording silently: report it and keep spinning.
+        while not self.closing:
+            try:
+                self.executor.spin()
+            except Exception as exc:
+                if self.closing or not self.context.ok():
+                    return
+                print(f"fer-ros launch: recorder callback failed: {exc!r}", file=sys.stderr, flush=True)
 
     def _on_image(self, msg):
         import cv2
@@ -116,6 +122,7 @@ class Recorder:
     def close(self):
         import rclpy
 
+        self.closing = True
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
@@ -200,5 +207,8 @@ def run(args) -> int:
     if recorder is not None:
         recorder.close()
         print(f"fer-ros launch: recorded {recorder.frames} annotated frames, {recorder.results} results")
+        if recorder.frames == 0:
+            print(f"fer-ros launch: warning: no annotated image arrived on {recorder.annotated_topic}; "
+                  "no annotated.mp4 written", file=sys.stderr)
     print(f"fer-ros launch: logs{' and recordings' if recorder else ''} in {folder}")
     return rc

@@ -178,7 +178,9 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert str(out) in proc.stdout
     logs = {p.name for p in out.iterdir()}
-    assert {"camera_node.log", "expression_node.log", "expressions.jsonl", "annotated.mp4"} <= logs
+    # On failure show what the launcher and the nodes said (the recorder prints its frame counts).
+    assert {"camera_node.log", "expression_node.log", "expressions.jsonl", "annotated.mp4"} <= logs, \
+        f"files {sorted(logs)}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
     results = [json.loads(line) for line in (out / "expressions.jsonl").read_text().splitlines()]
     assert len(results) >= 30, f"only {len(results)} results in 12 s\n{proc.stdout}"
     with_face = [r for r in results if len(r["faces"]) == 1]
