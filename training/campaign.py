@@ -9,6 +9,10 @@ and two-stage cross-validations (Tables 2, 5; random and subject-independent fol
 on stage 2, cross-dataset tests, and the GPU classification benchmark.
 Results are tarred into --results every 20 s, so a timeout still returns what finished.
 `--tiny` makes every run a few-step smoke run (for a CPU dry run of this exact script).
+
+On the 2-core CPU, with a stage-1 run already made by `training.train`:
+
+    python -m training.campaign --runs runs/cpu --stage1 runs/s1_cpu --jobs 1
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage1-lr", type=float, default=0.02)
     ap.add_argument("--stage2-lr", type=float, default=0.045)
     ap.add_argument("--stage2-lr-alt", type=float, default=0.01, help="also run the main CVs at this lr (0: no)")
+    ap.add_argument("--stage1", default=None,
+                    help="an existing stage-1 run directory to start stage 2 from (skips phase A; linked as s1_center)")
+    ap.add_argument("--jobs", type=int, default=0, help="at most this many processes at once (0: all at once)")
     a = ap.parse_args(argv)
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
@@ -50,6 +57,9 @@ def main(argv=None) -> int:
     done: dict[str, tuple[int, float]] = {}
 
     def start(name, args):
+        while a.jobs and len(procs) >= a.jobs:
+            poll()
+            time.sleep(1)
         log = open(runs / f"{name}.log", "w")
         p = subprocess.Popen([PY, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
         procs[name] = (p, time.time())
@@ -103,6 +113,11 @@ def main(argv=None) -> int:
     # s1_center and s1_rgbsum, both softmax + center loss; s1_softmax is Table 3's other row)
     stage1 = {"s1_center": [], "s1_softmax": ["--center-lambda", "0"], "s1_rgbsum": ["--first-conv", "rgbsum"]}
     s1 += ["--schedule", a.schedule, "--lr", str(a.stage1_lr)]
+    if a.stage1:
+        stage1 = {}
+        link = runs / "s1_center"
+        if not link.exists():
+            link.symlink_to(Path(a.stage1).resolve(), target_is_directory=True)
     for name, extra in stage1.items():
         start(name, ["training.train", "--out", str(runs / name), "--seed", "0", *s1, *extra])
     exp = ["training.experiments"]
@@ -146,14 +161,21 @@ def main(argv=None) -> int:
                                             "--out", str(runs / "cross_jaffe_to_ck6"), *xe]))
         jobs.append(("cross_ck6_to_jaffe", [*exp, "cross", "--source", "ckplus:small6", "--target", "jaffe", *init,
                                             "--out", str(runs / "cross_ck6_to_jaffe"), *xe]))
-        jobs.append(("bench_gpu", ["bench.gpu_classify", "--checkpoint", str(best), "--json",
-                                   str(runs / "bench_gpu.json")]))
+        import torch
+        if torch.cuda.is_available():
+            jobs.append(("bench_gpu", ["bench.gpu_classify", "--checkpoint", str(best), "--json",
+                                       str(runs / "bench_gpu.json")]))
+    # Table 3 on stage 2: softmax only in both stages when a softmax stage 1 exists; else softmax
+    # only in stage 2, from the same center-loss stage-1 model as the center-loss column.
     sm = runs / "s1_softmax" / "best.pt"
-    if sm.exists():  # Table 3 on stage 2: softmax only in both stages
+    sm_tag = "softmax"
+    if not sm.exists() and acc:
+        sm, sm_tag = best, "s2softmax"
+    if sm.exists():
         for ds, tag in (("ckplus:small6", "ck6"), ("jaffe", "jaffe")):
-            jobs.append((f"cv_{tag}_2s_softmax_random", [*exp, "cv", "--dataset", ds, "--by", "random", "--init",
-                                                         str(sm), "--center-lambda", "0",
-                                                         "--out", str(runs / f"cv_{tag}_2s_softmax_random"), *s2]))
+            n = f"cv_{tag}_2s_{sm_tag}_random"
+            jobs.append((n, [*exp, "cv", "--dataset", ds, "--by", "random", "--init", str(sm), "--center-lambda", "0",
+                             "--out", str(runs / n), *s2]))
     for name, args in jobs:
         start(name, args)
     while procs:
