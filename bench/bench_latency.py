@@ -58,7 +58,7 @@ def main() -> int:
                          "perception nodes priority over background jobs")
     args = ap.parse_args()
 
-    domain = random.randint(120, 220)
+    domain = random.randint(215, 232)  # DDS ports outside Linux's ephemeral range (ROS 2 "About Domain ID")
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -164,7 +164,9 @@ def test_every_node_module_has_main_and_the_yaml_names_declared_parameters():
 def test_local_launcher_runs_the_demo_and_records(tmp_path):
     """`fer-ros launch therapy` end to end: demo camera -> expression node -> recorder; the
     annotated video and the JSON-lines results are written and the face is found."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(101, 200)), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    # Apart from the other ROS tests' domains (1-100), and outside Linux's ephemeral port range
+    # (32768-60999): domains 102-214 put DDS ports there, where other sockets can hold them.
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 232)), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--nodes", "camera_node,expression_node",
            "--duration", "12", "--record", "--output", str(out), "--backend", "onnxruntime"]
