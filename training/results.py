@@ -81,14 +81,13 @@ def tables(runs: Path) -> str:
             extra = f" {cvcell(cv(f'cv_{tag}_2s_{by}_lr{alt[0]}'))} |" if alt else ""
             out.append(f"| {name} | {by} | {cvcell(cv(f'cv_{tag}_1s_{by}'))} | {cvcell(cv(f'cv_{tag}_2s_{by}'))} |"
                        f"{extra} {paper if by == 'random' else '—'} |")
+    s2only = any(runs.glob("cv_*_2s_s2softmax_random"))  # softmax in stage 2 only, same stage-1 model
+    sm_head = "softmax % (stage 2 only, from the center-loss stage 1)" if s2only else "softmax %"
     out += ["", "### Table 3: softmax vs softmax + center loss (two-stage; CV with random folds)", "",
-            "| data | softmax % | softmax + center loss % |", "|---|---|---|"]
+            f"| data | {sm_head} | softmax + center loss % |", "|---|---|---|"]
     sm, ce = s1.get("s1_softmax"), s1.get("s1_center")
     out.append(f"| FER-2013 PublicTest | {pct(sm['val']['accuracy']) if sm else 'not run'} | "
                f"{pct(ce['val']['accuracy']) if ce else 'not run'} |")
-    s2only = any(runs.glob("cv_*_2s_s2softmax_random"))  # softmax in stage 2 only, same stage-1 model
-    if s2only:
-        out[-2] = "| data | softmax % (stage 2 only, from the center-loss stage 1) | softmax + center loss % |"
     for tag, name in (("ck6", "CK+ 6-class, last frame"), ("jaffe", "JAFFE")):
         sm = cv(f"cv_{tag}_2s_{'s2softmax' if s2only else 'softmax'}_random")
         out.append(f"| {name} | {cvcell(sm)} | {cvcell(cv(f'cv_{tag}_2s_random'))} |")
