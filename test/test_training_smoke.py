@@ -64,7 +64,7 @@ def test_augmented_training_runs_with_center_loss(small_fer, tmp_path):
 
 @pytest.mark.slow
 def test_one_full_stage1_epoch_learns(tmp_path):
-    """One epoch over all 28,709 FER-2013 training faces (minutes on 2 CPU cores): the model
+    """One epoch over all 28,709 FER-2013 training faces (about 40 s on 2 quiet CPU cores): the model
     must be far above chance (1/7) and above always-'happy' (24.9%) on PublicTest.
     Measured here: 41.7% after one epoch (runs/interim_cpu)."""
     fer = D.load_fer2013(need_shared("data", "fer2013.npz"))
