@@ -1,6 +1,7 @@
 """Collect a campaign's result.json files into the markdown tables of docs/results.md.
 
     python -m training.results runs/gpu > /tmp/tables.md
+    python -m training.results runs/cpu --json docs/results/summary.json --prefix cpu3   # + numbers
 
 Paper numbers (Miao et al., ACM TOMM 2019) are the ones quoted in the project's issue; "—"
 where the reproduction has no paper figure to set beside it.
@@ -9,7 +10,7 @@ where the reproduction has no paper figure to set beside it.
 from __future__ import annotations
 
 import json
-import sys
+import argparse
 from pathlib import Path
 
 CK_N = {"small6": 309, "small7": 327, "large6": 927, "large7": 981}  # images per CK+48 setup
@@ -110,5 +111,50 @@ def tables(runs: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(runs: Path, prefix: str) -> dict:
+    """Compact per-run numbers for docs/results/summary.json, keyed '<prefix>/<run>'."""
+    out = {}
+    for d in sorted(p for p in runs.iterdir() if p.is_dir()):
+        r = _load(d)
+        if r is None:
+            continue
+        if r.get("kind") == "cross":
+            t = r["test"]
+            row = {"kind": "cross", "n_test": r["n_test"], "classes": r["classes"], "accuracy": t["accuracy"],
+                   "macro_f1": t["macro_f1"], "confusion": t["confusion"]}
+        elif r.get("kind") == "cv":
+            pooled = r["pooled"]
+            row = {"kind": "cv", "folds_done": len(r["folds"]), "fold_accuracy": [f["accuracy"] for f in r["folds"]],
+                   "mean_accuracy": r["mean_accuracy"], "std_accuracy": r["std_accuracy"],
+                   **{f"pooled_{k}": pooled[k] for k in ("macro_f1", "macro_precision", "macro_recall")},
+                   "pooled_confusion": pooled["confusion"], "class_names": pooled["class_names"]}
+        elif "val" in r:  # stage 1
+            v = r["val"]
+            row = {"kind": "stage1", **{k: v[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall")},
+                   "epochs_run": len(r["history"]), "selected_epoch": r["selected_epoch"],
+                   "train_seconds": r["train_seconds_this_run"], "device": r["device_name"], "config": r["config"],
+                   "history": r["history"]}
+        else:
+            continue
+        out[f"{prefix}/{d.name}"] = row
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="?", default="runs/gpu")
+    ap.add_argument("--json", default=None, help="also merge the runs' numbers into this summary JSON file")
+    ap.add_argument("--prefix", default=None, help="key prefix in --json (default: the runs folder's name)")
+    a = ap.parse_args(argv)
+    runs = Path(a.runs)
+    print(tables(runs))
+    if a.json:
+        f = Path(a.json)
+        data = json.loads(f.read_text()) if f.exists() else {}
+        data.update(summary(runs, a.prefix or runs.name))
+        f.write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
 if __name__ == "__main__":
-    print(tables(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu")))
+    raise SystemExit(main())
