@@ -35,6 +35,7 @@ def test_tables_from_run_directories(tmp_path):
     for i, pred in enumerate(([0, 1, 2, 0, 1, 2, 0, 1], [0, 1, 2, 0, 1, 2, 0, 0])):
         _write(tmp_path / "cv_ck6_2s_s2softmax_random" / f"fold{i}",
                {"val": metrics(y, np.array(pred), names), "class_names": names})
+    _write(tmp_path / "cv_ck6_2s_random_lr0.01", _cv([0.8, 0.8, 0.8, 0.8, 0.8], names))
     md = tables(tmp_path)
 
     s1 = next(line for line in md.splitlines() if "(`s1_center`)" in line)
@@ -49,3 +50,6 @@ def test_tables_from_run_directories(tmp_path):
     assert "93.75 ± 6.25 (2 of 5 folds)" in t3 and "92.00 ± 5.10 / F1 1.000" in t3
     assert "| JAFFE | random | not run | not run |" in md
     assert "| JAFFE → CK+ (6-class last frame) | | not run | | 72.49 |" in md
+    # the run at another stage-2 lr gets a Table 2 column and a Table 5 row
+    assert "| two-stage, stage-2 lr 0.01 % | paper (two-stage) % |" in md
+    assert "| last frame, 6 classes, stage-2 lr 0.01 | 309 | 80.00 ± 0.00 / F1 1.000 | not run | 96.92 |" in md

@@ -97,9 +97,13 @@ def tables(runs: Path) -> str:
     for setup, nm in (("small6", "last frame, 6 classes"), ("small7", "last frame, 7 (+contempt)"),
                       ("large6", "last 3 frames, 6 classes"), ("large7", "last 3 frames, 7 (+contempt)")):
         key = "ck6" if setup == "small6" else f"ck{setup}"
-        r = cv(f"cv_{key}_2s_random")
-        out.append(f"| {nm} | {CK_N[setup]} | {cvcell(r)} | {cvcell(cv(f'cv_{key}_2s_subject'))} | "
-                   f"{PAPER['ck6_small'] if setup == 'small6' else '—'} |")
+        paper = PAPER["ck6_small"] if setup == "small6" else "—"
+        out.append(f"| {nm} | {CK_N[setup]} | {cvcell(cv(f'cv_{key}_2s_random'))} | "
+                   f"{cvcell(cv(f'cv_{key}_2s_subject'))} | {paper} |")
+        for lr in alt:  # the same setup at another stage-2 learning rate, where it was run
+            rr, rs = cv(f"cv_{key}_2s_random_lr{lr}"), cv(f"cv_{key}_2s_subject_lr{lr}")
+            if rr or rs:
+                out.append(f"| {nm}, stage-2 lr {lr} | {CK_N[setup]} | {cvcell(rr)} | {cvcell(rs)} | {paper} |")
     out += ["| 8 classes (+neutral) | — | cannot be formed from CK+48 (no neutral onset frames) | | — |"]
     out += ["", "### Cross-dataset (two-stage model trained on all of the source)", "",
             "| train → test | test images | accuracy % | macro F1 | paper % |", "|---|---|---|---|---|"]
