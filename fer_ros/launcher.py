@@ -85,7 +85,7 @@ class Recorder:
 
     def _spin(self):
         # A failing callback must not end the recording silently: report it and keep spinning.
-        while not self.closing:
+        while not self.closing and self.context.ok():
             try:
                 self.executor.spin()
             except Exception as exc:

@@ -12,7 +12,7 @@ Results are tarred into --results every 20 s, so a timeout still returns what fi
 
 On the 2-core CPU, with a stage-1 run already made by `training.train`:
 
-    python -m training.campaign --runs runs/cpu --stage1 runs/s1_cpu --jobs 1
+    python -m training.campaign --runs runs/cpu --stage1 runs/s1_cpu --jobs 2 --threads 1
 """
 
 from __future__ import annotations
