@@ -210,7 +210,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     np.random.seed(cfg.seed)
     class_names = tuple(train.class_names)
     model = make_model(cfg, class_names, log).to(device)
-    # channels_last: cuDNN's fast path, and on a 2-core CPU (oneDNN) 99 vs 136 ms per batch of 64.
+    # channels_last: cuDNN's fast path, and on the 2-core CPU (oneDNN) 1.7x faster (bench/bench_train.py).
     model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
