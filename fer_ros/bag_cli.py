@@ -234,7 +234,8 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                     return
                 yield m.log_time, m.msg
 
-    out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
+    # real time: the disk must not hold up publishing or the node's callbacks (see BagWriter)
+    out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite, background=rate is not None)
     lock = threading.Lock()
     n_frames = n_images if max_frames is None else min(n_images, max_frames)
     summary = {"bag": str(out_path), "source": str(bag_path), "frames_in": n_frames, "outputs": 0,
@@ -468,7 +469,7 @@ def record(out_path, topics=DEFAULT_RECORD_TOPICS, duration: float | None = None
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
+    out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite, background=True)  # callbacks never wait on disk
     lock = threading.Lock()
     stop = stop or threading.Event()
     subscribed: dict[str, object] = {}

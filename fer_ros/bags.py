@@ -23,7 +23,10 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import queue
 import sys
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -247,9 +250,17 @@ class BagWriter:
     with BagWriter("out_bag", storage="mcap") as bag:
         bag.add_topic("/camera/image_raw", IMAGE_TYPE)
         bag.write("/camera/image_raw", t_ns, make_image(frame, t_ns))
+
+    background=True serializes and writes on a thread of its own, in order, so that ROS callbacks
+    and a real-time publishing loop never wait on the disk (a disk busy flushing stalled them for
+    seconds and put those seconds into the recorded latencies); close() writes what is queued.
+    That thread then owns the rosbags writer (SQLite objects only work in their own thread).
     """
 
-    def __init__(self, path, storage: str = "mcap", overwrite: bool = False, version: int = BAG_VERSION):
+    QUEUE = 256  # messages waiting for the background writer before write() waits too
+
+    def __init__(self, path, storage: str = "mcap", overwrite: bool = False, version: int = BAG_VERSION,
+                 background: bool = False):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         if storage not in STORAGES:
@@ -259,12 +270,40 @@ class BagWriter:
             if not overwrite:
                 raise BagError(f"{self.path} exists already; choose another output or pass --overwrite")
             _remove_bag(self.path)
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=version, storage_plugin=plugin)
-        self._writer.open()
         self._connections: dict[str, object] = {}
         self._types: dict[str, str] = {}
         self.counts: dict[str, int] = {}
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        if background:
+            self._queue = queue.Queue(self.QUEUE)
+            self._thread = threading.Thread(target=self._drain, name="bag_writer", daemon=True)
+            self._thread.start()
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=version, storage_plugin=plugin)
+        self._call(self._writer.open)
+
+    def _call(self, fn, *args):
+        """fn(*args) on the thread that owns the writer, waiting for its result."""
+        if self._queue is None:
+            return fn(*args)
+        done: Future = Future()
+        self._queue.put((fn, args, done))
+        return done.result()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args, done = item
+            try:
+                if done is not None:
+                    done.set_result(fn(*args))
+                elif self._error is None:  # after a failed write, keep emptying so writers never block
+                    fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, or kept for write()/close()
+                if done is not None:
+                    done.set_exception(exc)
+                else:
+                    self._error = exc
 
     def add_topic(self, topic: str, msgtype: str, qos: str = "reliable") -> None:
         if topic in self._connections:
@@ -274,8 +313,8 @@ class BagWriter:
             typestore().get_msgdef(msgtype)
         except Exception as exc:  # noqa: BLE001 - rosbags raises several kinds
             raise BagError(f"unknown message type {msgtype!r} for {topic}: {exc}") from None
-        self._connections[topic] = self._writer.add_connection(
-            topic, msgtype, typestore=typestore(), offered_qos_profiles=[qos_profile(qos)])
+        self._connections[topic] = self._call(lambda: self._writer.add_connection(
+            topic, msgtype, typestore=typestore(), offered_qos_profiles=[qos_profile(qos)]))
         self._types[topic] = msgtype
         self.counts[topic] = 0
 
@@ -286,19 +325,34 @@ class BagWriter:
         """Write one message (dataclass, or bytes already CDR-serialized) at a log time in ns."""
         if topic not in self._connections:
             raise BagError(f"topic {topic} was not added to {self.path}")
+        if self._error is not None:
+            raise BagError(f"writing {self.path} failed: {self._error!r}")
+        if self._queue is not None:
+            self._queue.put((self._write, (topic, int(log_time_ns), msg), None))
+        else:
+            self._write(topic, int(log_time_ns), msg)
+
+    def _write(self, topic: str, log_time_ns: int, msg) -> None:
         data = msg if isinstance(msg, (bytes, bytearray, memoryview)) else \
             typestore().serialize_cdr(msg, self._types[topic])
-        self._writer.write(self._connections[topic], int(log_time_ns), data)
+        self._writer.write(self._connections[topic], log_time_ns, data)
         self.counts[topic] += 1
 
     def set_info(self, key: str, value: str) -> None:
         """Free-form provenance stored in metadata.yaml custom_data (e.g. how the bag was made)."""
-        self._writer.set_custom_data(f"fer_ros.{key}", str(value))
+        self._call(self._writer.set_custom_data, f"fer_ros.{key}", str(value))
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._call(self._writer.close)  # after everything queued before it
             self._writer = None
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise BagError(f"writing {self.path} failed: {error!r}")
 
     def __enter__(self):
         return self
