@@ -343,13 +343,15 @@ class BagWriter:
         self._call(self._writer.set_custom_data, f"fer_ros.{key}", str(value))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._call(self._writer.close)  # after everything queued before it
+        try:
+            if self._writer is not None:
+                self._call(self._writer.close)  # after everything queued before it
+        finally:
             self._writer = None
-        if self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._queue = None
+            if self._queue is not None:
+                self._queue.put(None)
+                self._thread.join()
+                self._queue = None
         if self._error is not None:
             error, self._error = self._error, None
             raise BagError(f"writing {self.path} failed: {error!r}")
