@@ -89,9 +89,8 @@ class Recorder:
             try:
                 self.executor.spin()
             except Exception as exc:
-                if self.closing or not self.context.ok():
-                    return
-                print(f"fer-ros launch: recorder callback failed: {exc!r}", file=sys.stderr, flush=True)
+                if not self.closing and self.context.ok():  # else: shutting down, the loop ends
+                    print(f"fer-ros launch: recorder callback failed: {exc!r}", file=sys.stderr, flush=True)
 
     def _on_image(self, msg):
         import cv2

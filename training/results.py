@@ -9,8 +9,8 @@ where the reproduction has no paper figure to set beside it.
 
 from __future__ import annotations
 
-import json
 import argparse
+import json
 from pathlib import Path
 
 CK_N = {"small6": 309, "small7": 327, "large6": 927, "large7": 981}  # images per CK+48 setup
