@@ -274,18 +274,21 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                 out.write(bags.EXPRESSIONS_TOPIC, t_recv, raw)
                 summary["outputs"] += 1
 
-        def restamp(raw, log_time):
-            """(message with a fresh stamp, its label key, the new stamp), or None for a broken message."""
+        def decode(raw, log_time):
+            """(Image message, its label key), or None for a broken message."""
             try:
                 msg = deserialize_message(raw, Image) if image_type == bags.IMAGE_TYPE else decompress(raw)
             except Exception as exc:  # noqa: BLE001 - one broken message must not end the replay
                 summary["skipped"] = summary.get("skipped", 0) + 1
                 log(f"warning: skipping an undecodable image at t={log_time} ns: {exc}")
                 return None
-            orig = bags.label_key(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, log_time)
+            return msg, bags.label_key(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, log_time)
+
+        def restamp(msg) -> int:
+            """Stamp `msg` with the time now (its publish time) and return that stamp."""
             t = time.time_ns()
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t, 1_000_000_000)
-            return msg, orig, t
+            return t
 
         with _Ros():
             if rate is None:
@@ -297,10 +300,11 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                         if time.perf_counter() - last_log > 5.0:
                             last_log = time.perf_counter()
                             log(f"  {i}/{n_frames} frames, {i / (last_log - start):.1f} frames/s")
-                        stamped = restamp(raw, log_time)
-                        if stamped is None:
+                        decoded = decode(raw, log_time)
+                        if decoded is None:
                             continue
-                        msg, orig, t_pub = stamped
+                        msg, orig = decoded
+                        t_pub = restamp(msg)
                         result = process_sync(node, msg)
                         t_recv = time.time_ns()
                         write_input(msg, t_pub, orig)
@@ -315,7 +319,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
                     node.destroy_node()
             else:
                 _replay_realtime(frames(), rate, params, external, node_topic, extra_topics, out, lock,
-                                 restamp, write_input, write_output, summary, log)
+                                 decode, restamp, write_input, write_output, summary, log)
     except BaseException:
         out.close()
         if not any(out.counts.values()):  # failed before anything was written: leave no empty bag
@@ -356,11 +360,11 @@ def _node_description(node) -> dict:
     return {"backend": str(getattr(node, "backend", "unknown")), "model": str(getattr(node, "model_path", "unknown"))}
 
 
-def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, out, lock, restamp,
+def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, out, lock, decode, restamp,
                      write_input, write_output, summary, log):
     """Publish frames on their recorded schedule / rate; record what the node publishes."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
@@ -372,7 +376,10 @@ def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, 
         node = make_expression_node(params)
         nodes.append(node)
         summary["node"] = _node_description(node)
-    executor = MultiThreadedExecutor(num_threads=2)
+    # One thread is enough: the node's callbacks only hand frames to its worker and the player's
+    # only queue writes. rclpy's MultiThreadedExecutor busy-polls while a callback runs, holding
+    # the GIL so long that publishing fell up to 3 s behind schedule on a 2-core machine.
+    executor = SingleThreadedExecutor()
     for n in nodes:
         executor.add_node(n)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -404,18 +411,27 @@ def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, 
         time.sleep(0.3)  # let the new subscriptions match before the first frame
         start = time.perf_counter()
         t0_bag = None
+        lags = []
         for log_time, raw in frames:
-            t0_bag = log_time if t0_bag is None else t0_bag
-            due = start + (log_time - t0_bag) / 1e9 / rate
+            decoded = decode(raw, log_time)  # before the wait: decoding must not delay the frame
+            if decoded is None:
+                continue
+            msg, orig = decoded
+            if t0_bag is None:  # the schedule starts when the first frame is ready
+                t0_bag, start = log_time, time.perf_counter()
+            due = start + publish_offset(log_time, t0_bag, rate)
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            stamped = restamp(raw, log_time)
-            if stamped is None:
-                continue
-            msg, orig, t_pub = stamped
+            t_pub = restamp(msg)
             write_input(msg, t_pub, orig)
             pub.publish(msg)
+            lags.append(time.perf_counter() - due)
+        summary.update(_lag_summary(lags))
+        if summary["late_frames"]:
+            log(f"warning: {summary['late_frames']} of {len(lags)} frames were published more than "
+                f"{LATE_S * 1e3:.0f} ms behind the x{rate:g} schedule (up to {summary['max_lag_s']:.2f} s): "
+                "this machine could not keep up; try a lower --rate")
         # wait for the last outputs: until 1 s passes without one (3 s at most)
         end = time.monotonic()
         while time.monotonic() - end < 3.0 and time.monotonic() - max(last_output[0], end) < 1.0:
@@ -426,6 +442,24 @@ def _replay_realtime(frames, rate, params, external, image_topic, extra_topics, 
         for n in nodes:
             n.destroy_node()
         spinner.join(timeout=2.0)
+
+
+LATE_S = 0.05  # a frame published this long after its due time counts as late
+
+
+def publish_offset(log_time: int, t0_bag: int, rate: float) -> float:
+    """Seconds after the first frame at which a frame recorded at log_time (ns) is due at x`rate`."""
+    return (log_time - t0_bag) / 1e9 / rate
+
+
+def _lag_summary(lags: list[float]) -> dict:
+    """How far publishing fell behind the schedule: the replay sleeps until each frame is due,
+    so a lag only comes from a machine too busy to publish on time (it is never early)."""
+    if not lags:
+        return {"late_frames": 0, "max_lag_s": 0.0, "median_lag_s": 0.0}
+    ordered = sorted(lags)
+    return {"late_frames": sum(lag > LATE_S for lag in lags), "max_lag_s": ordered[-1],
+            "median_lag_s": ordered[len(ordered) // 2]}
 
 
 def _wait(condition, timeout: float, message: str) -> None:

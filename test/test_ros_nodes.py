@@ -23,7 +23,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
 pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
@@ -67,7 +67,8 @@ def model_for_tests(tmp_dir: Path) -> str:
 def ros():
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    # one thread: callbacks only hand work on; a MultiThreadedExecutor busy-polls and starves the GIL
+    executor = SingleThreadedExecutor(context=context)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
     yield context, executor
