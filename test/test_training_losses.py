@@ -1,4 +1,4 @@
-"""Center loss and Wen et al.'s centre update against hand computations; metrics; ImageNet init."""
+"""Center loss and Wen et al.'s centre update against hand computations; weight EMA; metrics; ImageNet init."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from conftest import need_shared
 from training.model import MobileNetV1, load_imagenet
 from training.report import metrics
-from training.train import CenterLoss
+from training.train import CenterLoss, WeightEMA
 
 
 def test_center_loss_value_and_gradient():
@@ -77,3 +77,21 @@ def test_imagenet_width1_partial_file_leaves_last_pointwise_fresh():
     m = MobileNetV1(1.0)
     info = load_imagenet(m, path, "fresh")
     assert info["fresh"] == ["conv1", "conv_pw_13"]
+
+
+def test_weight_ema_follows_the_hand_formula():
+    """ema <- d * ema + (1 - d) * w for weights and BN statistics; the BN step counter is copied."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(net, decay=0.9)
+    w0 = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].running_mean.fill_(2.0)
+        net[1].num_batches_tracked.fill_(5)
+    ema.update()
+    assert torch.allclose(ema.model[0].weight, 0.9 * w0 + 0.1 * (w0 + 1.0))
+    assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 0.2))
+    assert int(ema.model[1].num_batches_tracked) == 5
+    ema.update()  # a second step moves another tenth of the remaining gap
+    assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 0.38))
+    assert not any(p.requires_grad for p in ema.model.parameters())

@@ -21,7 +21,7 @@ import numpy as np
 from fer_ros import LABELS
 from fer_ros.preprocess import normalize
 from training import data as D
-from training.export import compare, export_onnx
+from training.export import compare, export_onnx, with_flip
 from training.model import load_checkpoint
 from training.report import metrics
 
@@ -40,10 +40,15 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-json", default=None, help="JSON file merged into model_card.json['extra']")
     ap.add_argument("--shared", default=None)
     ap.add_argument("--out", default=str(MODELS))
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                    help="ship the flip-averaged model (default: as the checkpoint was evaluated, its eval_flip)")
     ap.add_argument("--no-int8", action="store_true",
                     help="do not (re)make the INT8 copy the CPU backend prefers (training.quantize)")
     a = ap.parse_args(argv)
     model, ck = load_checkpoint(a.checkpoint, with_extra=True)
+    net = model  # the MobileNetV1 itself, for its architecture
+    model = with_flip(model, ck, a.flip)
+    flip = model is not net
     out = Path(a.out)
     onnx_path = export_onnx(model, out / "fer_mobilenet_v1.onnx")
     fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
@@ -60,7 +65,8 @@ def main(argv=None) -> int:
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     card = {
         "name": "fer_mobilenet_v1", "file": onnx_path.name, "sha256": sha, "interim": bool(a.interim),
-        "architecture": {**model.config(), "parameters": int(sum(p.numel() for p in model.parameters()))},
+        "architecture": {**net.config(), "parameters": int(sum(p.numel() for p in net.parameters())),
+                         "flip_average": flip},
         "input": {"name": "input", "shape": ["N", 1, 48, 48], "dtype": "float32",
                   "preprocessing": "fer_ros.preprocess.normalize: grayscale face crop resized to 48x48, x/127.5-1"},
         "output": {"name": "logits", "shape": ["N", 7], "labels": list(LABELS), "note": "apply softmax"},
@@ -85,7 +91,9 @@ def main(argv=None) -> int:
                "training runs. It will be replaced; do not quote its scores as the method's.", ""]
     md += [
         "Facial-expression classifier of fer_ros: MobileNetV1 (width "
-        f"{model.width}), 1x48x48 grayscale input, dropout 0.5, 7 classes in `fer_ros.LABELS` order.",
+        f"{net.width}), 1x48x48 grayscale input, dropout 0.5, 7 classes in `fer_ros.LABELS` order."
+        + (" The graph averages each face's logits with its mirror image's (training.model.FlipAveraged):"
+           " one batched pass over 2N faces." if flip else ""),
         f"`ExpressionClassifier()` loads `{onnx_path.name}` (sha256 `{sha[:16]}…`).", "",
         "## Interface", "- input `input`: float32 [N,1,48,48] = `fer_ros.preprocess.normalize(crop_faces(...))`",
         "- output `logits`: float32 [N,7] (angry, disgust, fear, happy, sad, surprise, neutral); softmax gives probabilities", "",
@@ -98,7 +106,12 @@ def main(argv=None) -> int:
         f" alpha {cfg.get('center_alpha')}; SGD lr {cfg.get('lr')} ({cfg.get('schedule')}), momentum {cfg.get('momentum')},"
         f" weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch')}, epochs {cfg.get('epochs')}"
         f" (selected epoch: {t['epochs_run']})",
-        "- augmentation: random crop of 85-100% of the face box, resize to 48x48, horizontal flip", "",
+        f"- augmentation: random crop of {cfg.get('min_scale', 0.85):.0%}-100% of the face box, resize to 48x48,"
+        " horizontal flip",
+        *([f"- beyond the paper: label smoothing {cfg.get('label_smoothing', 0)}, weight EMA decay"
+           f" {cfg.get('ema', 0)} per step (the averaged weights are shipped), flip averaging at evaluation"
+           f" {'on' if cfg.get('eval_flip') else 'off'}"] if cfg.get("ema") or cfg.get("label_smoothing") else []),
+        "",
         "## Scores (FER-2013 PublicTest, 3,589 faces, through ONNX Runtime)",
         f"- accuracy **{m['accuracy']:.2%}** (paper: 67.03%), macro precision {m['macro_precision']:.3f},"
         f" recall {m['macro_recall']:.3f}, F1 {m['macro_f1']:.3f}",

@@ -12,6 +12,7 @@ accuracy), history.json, train.log, curves.png, confusion.png, result.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import time
@@ -82,6 +83,10 @@ class TrainConfig:
     eval_every: int = 1
     bn_recal: bool = False  # re-estimate BN statistics on the training faces before evaluating
     bn_recal_max: int = 5000  # ...after every epoch when the set is this small, else after the last
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the paper's plain softmax loss)
+    ema: float = 0.0  # >0: keep an exponential moving average of the weights (decay per step);
+    # it is what gets evaluated, selected and saved
+    eval_flip: bool = False  # evaluate on the mean logits of each face and its mirror image
     max_seconds: float = 0.0  # >0: stop after the epoch that passes this wall time (cosine: fit epochs to it)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -134,21 +139,31 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
 
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
-def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024) -> np.ndarray:
+def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False,
+                   with_plain: bool = False):
+    """Logits for uint8 faces; flip=True averages them with the mirrored faces' logits (what an
+    exported model with flip averaging computes). with_plain=True also returns the unflipped ones."""
     model.eval()
-    out = []
+    out, plain = [], []
     for i in range(0, len(faces48), batch):
         x = torch.from_numpy(normalize(faces48[i:i + batch])).to(device)
-        out.append(model(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), np.float32)
+        logits = model(x).float()
+        plain.append(logits.cpu())
+        if flip:
+            logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        out.append(logits.cpu())
+    cat = (lambda xs: torch.cat(xs).numpy() if xs else np.zeros((0, model.num_classes), np.float32))
+    return (cat(out), cat(plain)) if with_plain else cat(out)
 
 
-def evaluate(model, fs: D.FaceSet, device, class_names=None) -> tuple[dict, float]:
-    """Metrics on a FaceSet (no augmentation) and its mean cross-entropy."""
-    logits = predict_logits(model, fs.faces48(), device)
+def evaluate(model, fs: D.FaceSet, device, class_names=None, flip: bool = False, with_plain: bool = False):
+    """(metrics, mean cross-entropy) on a FaceSet (no augmentation); with_plain=True adds the
+    accuracy without flip averaging (same forward passes) as a third element."""
+    logits, plain = predict_logits(model, fs.faces48(), device, flip=flip, with_plain=True)
     y = fs.labels
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()) if len(y) else 0.0
-    return metrics(y, logits.argmax(1), class_names or fs.class_names), loss
+    m = metrics(y, logits.argmax(1), class_names or fs.class_names)
+    return (m, loss, float((plain.argmax(1) == y).mean()) if len(y) else 0.0) if with_plain else (m, loss)
 
 
 @torch.no_grad()
@@ -170,6 +185,28 @@ def recalibrate_bn(model, faces48: np.ndarray, device, batch: int = 256) -> None
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.train(was)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights and BatchNorm statistics (Polyak
+    averaging). Evaluated instead of the raw weights, it averages out the noise of the last
+    SGD steps, which on FER-2013 swings PublicTest accuracy by a point from epoch to epoch."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._float = [(e, m) for e, m in pairs if e.dtype.is_floating_point]
+        self._other = [(e, m) for e, m in pairs if not e.dtype.is_floating_point]  # BN step counters
+
+    @torch.no_grad()
+    def update(self) -> None:
+        ema, cur = [e for e, _ in self._float], [m for _, m in self._float]
+        torch._foreach_lerp_(ema, cur, 1.0 - self.decay)
+        for e, m in self._other:
+            e.copy_(m)
 
 
 # ---------------------------------------------------------------- training loop
@@ -225,9 +262,13 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
     start, history, best = 0, [], {"val_acc": -1.0, "epoch": -1}
     best_state = None
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
+    evalm = ema.model if ema else model  # what is evaluated, selected and saved
     if resume and out is not None and (out / "last.pt").exists():
         ck = torch.load(out / "last.pt", map_location=device, weights_only=False)
         model.load_state_dict(ck["state_dict"])
+        if ema:
+            ema.model.load_state_dict(ck["ema_state_dict"])
         opt.load_state_dict(ck["optimizer"])
         closs.centers.copy_(ck["centers"])
         start, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
@@ -272,7 +313,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits, feats = model(x, return_features=True)
             logits, feats = logits.float(), feats.float()
-            ce = F.cross_entropy(logits, y)
+            ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             loss = ce
             if cfg.center_lambda > 0:
                 lc = closs(feats, y)
@@ -282,6 +323,8 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
             opt.step()
             if cfg.center_lambda > 0:
                 closs.update(feats, y, cfg.center_alpha)
+            if ema:
+                ema.update()
             n = len(y)
             tot_loss += float(loss.detach()) * n if bar is not None else 0.0
             correct_t = (logits.argmax(1) == y).sum()
@@ -299,15 +342,19 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
                "train_acc": correct / max(seen, 1), "epoch_s": None}
         if cfg.bn_recal and (len(train) <= cfg.bn_recal_max or epoch + 1 == cfg.epochs):
-            recalibrate_bn(model, train_faces48, device)
+            recalibrate_bn(evalm, train_faces48, device)
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            m, vloss = evaluate(model, val, device)
+            m, vloss, plain = evaluate(evalm, val, device, flip=cfg.eval_flip, with_plain=True)
             rec.update(val_loss=vloss, val_acc=m["accuracy"], val_macro_f1=m["macro_f1"])
+            if cfg.eval_flip:  # the same weights without flip averaging, to show what it gains
+                rec["val_acc_noflip"] = plain
+            if ema:  # the raw weights (no flip), to show what averaging gains
+                rec["val_acc_raw"] = evaluate(model, val, device)[0]["accuracy"]
             if select and m["accuracy"] > best["val_acc"]:
                 best = {"val_acc": m["accuracy"], "epoch": epoch + 1, "metrics": m}
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in evalm.state_dict().items()}
                 if out is not None:
-                    save_checkpoint(out / "best.pt", model, centers=closs.centers.cpu(), epoch=epoch,
+                    save_checkpoint(out / "best.pt", evalm, centers=closs.centers.cpu(), epoch=epoch,
                                     metrics=m, train_config=asdict(cfg))
         rec["epoch_s"] = time.time() - t0
         history.append(rec)
@@ -319,12 +366,14 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
             if fit < cfg.epochs:
                 log.info("time budget %.0f s: cosine schedule shortened to %d epochs", cfg.max_seconds, fit)
                 cfg.epochs = max(fit, epoch + 1)
-        log.info("epoch %d/%d lr %.4g loss %.4f acc %.4f%s (%.1f s)", epoch + 1, cfg.epochs, lr, rec["train_loss"],
-                 rec["train_acc"], f" val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}"
-                 if "val_acc" in rec else "", rec["epoch_s"])
+        log.info("epoch %d/%d lr %.4g loss %.4f acc %.4f%s%s (%.1f s)", epoch + 1, cfg.epochs, lr,
+                 rec["train_loss"], rec["train_acc"],
+                 f" val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f}" if "val_acc" in rec else "",
+                 "".join(f" {k} {rec[k]:.4f}" for k in ("val_acc_noflip", "val_acc_raw") if k in rec), rec["epoch_s"])
         if out is not None and save_last:
+            extra = {"ema_state_dict": {k: v.detach().cpu() for k, v in ema.model.state_dict().items()}} if ema else {}
             save_checkpoint(out / "last.pt", model, optimizer=opt.state_dict(), centers=closs.centers.cpu(),
-                            epoch=epoch, history=history, best=best, train_config=asdict(cfg))
+                            epoch=epoch, history=history, best=best, train_config=asdict(cfg), **extra)
         if out is not None:
             write_json(history, out / "history.json")
         if cfg.max_seconds and elapsed > cfg.max_seconds and epoch + 1 < cfg.epochs:
@@ -334,12 +383,14 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     train_s = time.time() - t_start
     if select and best_state is not None:
         model.load_state_dict(best_state)
+    elif ema:
+        model.load_state_dict(ema.model.state_dict())
     model = model.to(memory_format=torch.contiguous_format).eval()
     result = {"config": asdict(cfg), "train_counts": train.counts(), "class_names": list(class_names),
               "history": history, "train_seconds_this_run": train_s, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if val is not None:
-        m, _ = evaluate(model, val, device)
+        m, _ = evaluate(model, val, device, flip=cfg.eval_flip)
         result["val"] = m
         result["selected_epoch"] = best["epoch"] if select else len(history)
     if out is not None:
