@@ -236,11 +236,14 @@ class ExpressionClassifier:
     int8: with the default model on the onnxruntime backend, use its INT8 copy
         (fer_mobilenet_v1_int8.onnx) when the package ships one: "auto" (default) = yes if present.
         TensorRT always builds from the FP32 ONNX model (in FP16).
+    flip_average: classify each face and its mirror image in the same batch and average the
+        logits. A point or so more accurate on FER-2013 (the model card has both figures) for
+        twice the classifier's arithmetic per face.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, backend: str = "auto",
                  threads: int | None = None, engine_cache_dir: str | os.PathLike | None = None,
-                 fp16: bool = True, int8: bool | str = "auto"):
+                 fp16: bool = True, int8: bool | str = "auto", flip_average: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"unknown classifier backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.model_path = Path(model_path) if model_path else default_model_path()
@@ -251,6 +254,7 @@ class ExpressionClassifier:
         if backend == "auto":
             backend = "tensorrt" if tensorrt_importable() and cuda_available() else "onnxruntime"
         self.requested_backend = backend
+        self.flip_average = bool(flip_average)
         self._impl = None
         if backend == "tensorrt":
             try:
@@ -276,7 +280,10 @@ class ExpressionClassifier:
         faces = check_faces(faces)
         if len(faces) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
-        x = np.ascontiguousarray(normalize(faces))
+        x = normalize(faces)
+        if self.flip_average:  # one batch: the faces, then their mirror images
+            x = np.concatenate([x, x[..., ::-1]])
+        x = np.ascontiguousarray(x)
         try:
             out = self._impl.logits(x)
         except Exception as exc:  # noqa: BLE001
@@ -287,11 +294,13 @@ class ExpressionClassifier:
             self._impl = OnnxRuntimeBackend(self.model_path)
             self.backend = self._impl.name
             out = self._impl.logits(x)
-        return np.asarray(out, np.float32).reshape(len(faces), len(LABELS))
+        out = np.asarray(out, np.float32).reshape(len(x), len(LABELS))
+        return (out[:len(faces)] + out[len(faces):]) / 2 if self.flip_average else out
 
     def predict(self, faces) -> np.ndarray:
         """uint8 [N, 48, 48] -> float32 [N, 7] probabilities (rows sum to 1); N may be 0."""
         return softmax(self.predict_logits(faces).astype(np.float32, copy=True))
 
     def __repr__(self) -> str:
-        return f"ExpressionClassifier(model_path={str(self.model_path)!r}, backend={self.backend!r})"
+        return (f"ExpressionClassifier(model_path={str(self.model_path)!r}, backend={self.backend!r}"
+                + (", flip_average=True)" if self.flip_average else ")"))

@@ -65,6 +65,8 @@ PARAMS = [
           "or 'torch' (model_path is a training checkpoint).", read_only=True),
     Param("classifier_threads", 0, "CPU threads of the classifier (onnxruntime/torch); 0: min(2, cores).",
           range=(0, 256), read_only=True),
+    Param("flip_average", False, "Classify each face and its mirror image and average them: about a "
+          "point more accurate (model card) for twice the classifier time per face.", read_only=True),
     Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
           "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
     Param("margin", -1.0, "Widen each face box by this fraction per side before cropping; -1: the "
@@ -109,7 +111,7 @@ def build_pipeline(p: dict):
     from .classifier import ExpressionClassifier
 
     classifier = ExpressionClassifier(p["model_path"] or None, backend=p["backend"],
-                                      threads=p["classifier_threads"] or None)
+                                      threads=p["classifier_threads"] or None, flip_average=p["flip_average"])
     return ExpressionPipeline(
         detector=name, detector_params=det_params, classifier=classifier, detect_interval=p["detect_interval"],
         async_scan=p["async_scan"], margin=None if p["margin"] < 0 else p["margin"], tracking=p["tracking"], smoothing=p["smoothing"],

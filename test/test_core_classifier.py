@@ -77,6 +77,19 @@ def test_batch_equals_one_by_one(clf):
     np.testing.assert_allclose(clf.predict(x[3]), batch[3:4], atol=1e-5)  # a 2-D crop is one face
 
 
+def test_flip_average_is_the_mean_over_face_and_mirror_image(model_path, clf):
+    """flip_average=True: logits are the mean of the plain model's on the face and on its mirror
+    image (in one batch), so a face and its mirror image get the same answer."""
+    flip = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=True)
+    x = faces(6)
+    mirrored = x[:, :, ::-1]
+    want = (clf.predict_logits(x) + clf.predict_logits(mirrored)) / 2
+    assert np.abs(clf.predict_logits(x) - clf.predict_logits(mirrored)).max() > 1e-3  # the model is not symmetric
+    np.testing.assert_allclose(flip.predict_logits(x), want, atol=1e-5)
+    np.testing.assert_allclose(flip.predict(mirrored), flip.predict(x), atol=1e-5)
+    assert flip.predict(x[:1]).shape == (1, 7) and flip.predict(x[:0]).shape == (0, 7)
+
+
 def test_bad_inputs_have_clear_errors(clf):
     with pytest.raises(ValueError, match="uint8"):
         clf.predict(faces(2).astype(np.float32))
@@ -184,6 +197,8 @@ def test_real_model_fer2013_publictest_accuracy():
     imgs = np.stack([cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_GRAYSCALE) for i in idx])
     acc = float((clf.predict(imgs).argmax(1) == d["labels"][idx]).mean())
     assert acc >= 0.5, acc
+    flip = ExpressionClassifier(backend="onnxruntime", flip_average=True)
+    assert float((flip.predict(imgs).argmax(1) == d["labels"][idx]).mean()) >= 0.5
 
 
 def test_training_checkpoint_with_torch_backend_matches_its_onnx_export(tmp_path):

@@ -430,3 +430,12 @@ def test_async_scan_node_tracks_a_video_face_and_stops_its_scan_thread(ros, tmp_
     finally:
         node.destroy_node()
     assert node.pipeline._executor is None
+
+
+def test_every_expression_node_parameter_is_documented():
+    """docs/ros.md's parameter table names every declared parameter of the expression node."""
+    from fer_ros.expression_node import PARAMS
+
+    doc = (REPO / "docs" / "ros.md").read_text()
+    missing = [p.name for p in PARAMS if f"`{p.name}`" not in doc]
+    assert not missing, f"docs/ros.md lacks parameters {missing}"

@@ -1,10 +1,8 @@
 """Export a checkpoint to ONNX (dynamic batch) and check it against PyTorch on real faces.
 
-    python -m training.export runs/stage1/best.pt fer_ros/models/fer_mobilenet_v1.onnx [--flip]
+    python -m training.export runs/stage1/best.pt fer_ros/models/fer_mobilenet_v1.onnx
 
 Input `input` float32 [N,1,48,48] (= fer_ros.preprocess.normalize), output `logits` [N,7].
-`--flip` exports the flip-averaged model (training.model.FlipAveraged; default: what the
-checkpoint was evaluated with, its `eval_flip` setting).
 The check runs both on real FER-2013 PublicTest faces (or on given faces) and prints the
 maximum absolute difference of the logits; it fails above `--tol`.
 """
@@ -41,15 +39,6 @@ def export_onnx(model: torch.nn.Module, path, opset: int = OPSET) -> Path:
     return path
 
 
-def with_flip(model, checkpoint: dict, flip: bool | None):
-    """`model`, wrapped in FlipAveraged when `flip` (None: as the checkpoint was evaluated)."""
-    from training.model import FlipAveraged
-
-    if flip is None:
-        flip = bool(checkpoint.get("train_config", {}).get("eval_flip", False))
-    return FlipAveraged(model).eval() if flip else model
-
-
 def compare(model: torch.nn.Module, onnx_path, x: np.ndarray) -> float:
     """Max |logits_torch - logits_onnxruntime| over the float32 [N,1,48,48] batch x."""
     import onnxruntime as ort
@@ -70,11 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=None, help="shared data folder (default $FER_SHARED or ../shared)")
     ap.add_argument("--n", type=int, default=256, help="real faces used for the check")
     ap.add_argument("--tol", type=float, default=1e-3)
-    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                    help="average each face's logits with its mirror image's (default: the checkpoint's eval_flip)")
     a = ap.parse_args(argv)
-    model, ck = load_checkpoint(a.checkpoint, with_extra=True)
-    model = with_flip(model, ck, a.flip)
+    model = load_checkpoint(a.checkpoint)
     export_onnx(model, a.output)
     fer = data.load_fer2013(data.shared_path(a.shared) / "data" / "fer2013.npz")
     faces = fer.images[fer.split == 1][: a.n]

@@ -76,24 +76,6 @@ class MobileNetV1(nn.Module):
         return list(zip(names, convs, bns))
 
 
-class FlipAveraged(nn.Module):
-    """logits = (f(x) + f(mirrored x)) / 2, in one batched pass of 2N faces.
-
-    Horizontal-flip test-time averaging: a face and its mirror image show the same
-    expression, and averaging the two predictions gained about a point of FER-2013
-    PublicTest accuracy (docs/results.md) for twice the classifier's arithmetic. Exported as
-    part of the ONNX graph, so every backend (ONNX Runtime, its INT8 copy, TensorRT) computes
-    it and the model's contract ([N,1,48,48] -> logits [N,7]) is unchanged."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model(torch.cat([x, torch.flip(x, dims=[3])], 0))
-        return y.reshape(2, -1, y.shape[1]).mean(0)
-
-
 def load_imagenet(model: MobileNetV1, npz_path, first_conv: str = "fresh") -> dict:
     """Copy Keras ImageNet MobileNetV1 weights into `model` (transposed to PyTorch layout).
 
