@@ -98,6 +98,7 @@ def main() -> int:
     one = video_frames(media / "single_face.mp4")
     four = [cv2.resize(cv2.imread(str(media / "multi_face.jpg")), (640, 480), interpolation=cv2.INTER_AREA)]
     clf = ExpressionClassifier(args.model, backend="onnxruntime", threads=args.threads)
+    clf_flip = ExpressionClassifier(args.model, backend="onnxruntime", threads=args.threads, flip_average=True)
     print(f"model {args.model}  backend {clf.backend}  threads {args.threads}  cpus {os.cpu_count()}  "
           f"opencv {cv2.__version__}")
     print(f"{args.frames} timed frames per case after {args.warmup} warm-up frames; 640x480 BGR\n")
@@ -113,13 +114,14 @@ def main() -> int:
     rows = {}
     cases = [("pipeline (default: haar@320, detect_interval=5)", dict()),
              ("pipeline, full scan every frame (detect_interval=1)", dict(detect_interval=1)),
-             ("pipeline, background full scans (async_scan=True)", dict(async_scan=True))]
+             ("pipeline, background full scans (async_scan=True)", dict(async_scan=True)),
+             ("pipeline, flip averaging (flip_average=True)", dict(classifier=clf_flip))]
     if Path(args.yunet).is_file():
         cases.append(("pipeline, yunet@320 (needs a model path)",
                       dict(detector="yunet", detector_params={"model": args.yunet, "downscale_width": 320})))
     for name, kw in cases:
         for label, frames in (("1 face ", one), ("4 faces", four)):
-            pipe, stages = ExpressionPipeline(classifier=clf, **kw), {}
+            pipe, stages = ExpressionPipeline(**{"classifier": clf, **kw}), {}
             ms, faces = time_frames(pipe_fn(pipe, stages), frames, args.frames, args.warmup)
             rows[(name, label)] = ms
             pipe.close()
@@ -153,7 +155,7 @@ def main() -> int:
     # Classifier alone: real face crops, tiled to the batch size.
     boxes = make_detector("haar", downscale_width=None).detect(four[0])
     crops = crop_faces(four[0], boxes[:, :4], 0.1)
-    models = [(args.model, clf)] + [(m, ExpressionClassifier(m, backend="onnxruntime", threads=args.threads))
+    models = [(args.model, clf), (f"{args.model} with flip_average=True", clf_flip)] + [(m, ExpressionClassifier(m, backend="onnxruntime", threads=args.threads))
                                     for m in args.also_model]
     for path, c in models:
         print(f"\nclassifier {Path(path).name}")
