@@ -43,9 +43,9 @@ def main(argv=None) -> int:
     out = args.model.with_name(args.model.stem + "_int8.onnx")
     quantize_int8(args.model, out, fer.images[calib])
 
-    fp32_acc, fp32_pred = accuracy(ExpressionClassifier(args.model, backend="onnxruntime", int8=False),
+    fp32_acc, fp32_pred = accuracy(ExpressionClassifier(args.model, backend="onnxruntime", int8=False, flip_average=False),
                                    fer.images[test], fer.labels[test])
-    int8_acc, int8_pred = accuracy(ExpressionClassifier(out, backend="onnxruntime", int8=False),
+    int8_acc, int8_pred = accuracy(ExpressionClassifier(out, backend="onnxruntime", int8=False, flip_average=False),
                                    fer.images[test], fer.labels[test])
     int8_flip_acc, _ = accuracy(ExpressionClassifier(out, backend="onnxruntime", int8=False, flip_average=True),
                                 fer.images[test], fer.labels[test])
