@@ -238,7 +238,7 @@ class ExpressionClassifier:
         TensorRT always builds from the FP32 ONNX model (in FP16).
     flip_average: classify each face and its mirror image in the same batch and average the
         logits (default). The shipped model was selected for it: 66.6% vs 63.6% on FER-2013
-        PublicTest (model card), for about twice the classifier time per face (0.25 vs 0.12 ms
+        PublicTest (model card), for about twice the classifier time per face (0.17 vs 0.09 ms
         at batch 8 with the INT8 copy on the 2-core CPU). False: the network's raw logits.
     """
 

@@ -141,8 +141,8 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
 @torch.no_grad()
 def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False,
                    with_plain: bool = False):
-    """Logits for uint8 faces; flip=True averages them with the mirrored faces' logits (what an
-    exported model with flip averaging computes). with_plain=True also returns the unflipped ones."""
+    """Logits for uint8 faces; flip=True averages them with the mirrored faces' logits (what
+    ExpressionClassifier(flip_average=True) computes). with_plain=True also returns the unflipped ones."""
     model.eval()
     out, plain = [], []
     for i in range(0, len(faces48), batch):
