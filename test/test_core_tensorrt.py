@@ -264,8 +264,9 @@ def test_backend_logic_with_api_stand_ins(model, tmp_path, monkeypatch):
     assert json.loads(engine.with_suffix(".json").read_text())["gpu"] == "Fake GPU 9000"
 
     calls.clear()
-    np.testing.assert_allclose(c.predict(x), ref, atol=1e-5)  # 40 faces: chunks of 32 + 8
-    assert [e for e in calls if isinstance(e, tuple)] == [("execute", 32), ("execute", 8)]
+    np.testing.assert_allclose(c.predict(x), ref, atol=1e-5)
+    # 40 faces and their 40 mirror images (flip averaging, the default): chunks of 32 + 32 + 16
+    assert [e for e in calls if isinstance(e, tuple)] == [("execute", 32), ("execute", 32), ("execute", 16)]
     assert calls[0] == "push" and calls[-1] == "pop"
 
     calls.clear()
