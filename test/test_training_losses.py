@@ -95,3 +95,16 @@ def test_weight_ema_follows_the_hand_formula():
     ema.update()  # a second step moves another tenth of the remaining gap
     assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 0.38))
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_final_stride_one_keeps_a_3x3_map_and_round_trips(tmp_path):
+    """final_stride=1 drops only the last downsampling; checkpoints and the ONNX export keep it."""
+    from training.export import compare, export_onnx
+    from training.model import build
+
+    x = torch.randn(3, 1, 48, 48)
+    default, fs1 = MobileNetV1(width=0.25).eval(), MobileNetV1(width=0.25, final_stride=1).eval()
+    assert default.features(x).shape[-2:] == (2, 2) and fs1.features(x).shape[-2:] == (3, 3)
+    assert [p.shape for p in default.parameters()] == [p.shape for p in fs1.parameters()]  # same weights
+    assert "final_stride" not in default.config() and build(fs1.config()).final_stride == 1
+    assert compare(fs1, export_onnx(fs1, tmp_path / "fs1.onnx"), x.numpy()) < 1e-4

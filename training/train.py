@@ -61,6 +61,7 @@ class CenterLoss(nn.Module):
 @dataclass
 class TrainConfig:
     width: float = 0.75
+    final_stride: int = 2  # 1: no last downsampling (3x3 final map on 48x48 faces; see MobileNetV1)
     epochs: int = 60
     batch: int = 64
     lr: float = 0.01
@@ -107,7 +108,8 @@ def pick_device(name: str) -> torch.device:
 def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
     """Build the network for `class_names` and initialise it per cfg.init."""
     log = log or logging.getLogger("training")
-    model = MobileNetV1(width=cfg.width, num_classes=len(class_names), dropout=cfg.dropout)
+    model = MobileNetV1(width=cfg.width, num_classes=len(class_names), dropout=cfg.dropout,
+                        final_stride=cfg.final_stride)
     if cfg.init == "imagenet":
         info = load_imagenet(model, default_imagenet_path(cfg.width, D.shared_path(cfg.shared)), cfg.first_conv)
         log.info("ImageNet init (first conv %s): fresh layers %s", cfg.first_conv, info["fresh"])
