@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ros import LABELS
+from fer_ros.classifier import ExpressionClassifier
 from fer_ros.preprocess import normalize
 from training import data as D
 from training.export import compare, export_onnx
@@ -50,15 +51,15 @@ def main(argv=None) -> int:
     test = fer.subset(np.flatnonzero(fer.split == 1))
     x = normalize(test.images)
     diff = compare(model, onnx_path, x)
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    def run(a):
-        return np.concatenate([sess.run(["logits"], {"input": a[i:i + 512]})[0] for i in range(0, len(a), 512)])
 
-    logits = run(x)
-    m = metrics(test.labels, logits.argmax(1), LABELS)
-    # what ExpressionClassifier(flip_average=True) computes: mean logits of each face and its mirror image
-    mf = metrics(test.labels, (logits + run(np.ascontiguousarray(x[..., ::-1]))).argmax(1), LABELS)
+    def score(flip_average: bool) -> dict:
+        """PublicTest metrics of the exported FP32 file through the classifier the nodes use."""
+        clf = ExpressionClassifier(onnx_path, backend="onnxruntime", int8=False, flip_average=flip_average)
+        pred = np.concatenate([clf.predict_logits(test.images[i:i + 512]).argmax(1)
+                               for i in range(0, len(test), 512)])
+        return metrics(test.labels, pred, LABELS)
+
+    m, mf = score(False), score(True)
     cfg = ck.get("train_config", {})
     date = a.trained_on or dt.datetime.fromtimestamp(Path(a.checkpoint).stat().st_mtime, dt.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC")
