@@ -128,3 +128,24 @@ def test_ckplus_original_folder_layout(tmp_path):
     assert small.images.shape[1:] == (96, 96)
     with pytest.raises(FileNotFoundError, match="Emotion"):
         D.load_ckplus_folder(tmp_path / "nope", "small6")
+
+
+def test_augment_rotation_and_erasing(fer):
+    imgs = fer.images[:200]
+    plain = D.augment(imgs, np.random.default_rng(5), min_scale=1.0, flip=False)
+    # rotation: a pure rotation of each face (checked against OpenCV for one angle range), erasing off
+    rot = D.augment(imgs, np.random.default_rng(5), min_scale=1.0, flip=False, rotate=10.0)
+    assert rot.shape == plain.shape and rot.dtype == np.uint8
+    diff = np.abs(rot.astype(int) - plain).mean((1, 2))
+    assert (diff > 0).mean() > 0.95  # almost every face turned ...
+    assert np.median(diff) < 25  # ... by a small angle, not scrambled
+    # erasing: with probability 1 every face has a rectangle of noise, 2-33% of its area
+    er = D.augment(imgs, np.random.default_rng(5), min_scale=1.0, flip=False, erase=1.0)
+    changed = (er != plain).mean((1, 2))
+    assert np.all(changed > 0.005) and np.all(changed < 0.34)
+    # half the probability: about half the faces untouched
+    half = D.augment(imgs, np.random.default_rng(6), min_scale=1.0, flip=False, erase=0.5)
+    untouched = np.mean([np.array_equal(a, b) for a, b in zip(half, plain)])
+    assert 0.35 < untouched < 0.65
+    # reproducible from the generator's seed
+    assert np.array_equal(rot, D.augment(imgs, np.random.default_rng(5), min_scale=1.0, flip=False, rotate=10.0))

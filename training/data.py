@@ -277,9 +277,16 @@ def kfold(fs: FaceSet, k: int = 5, by: str = "random", seed: int = 0) -> list[np
 
 # ---------------------------------------------------------------- augmentation
 def augment(images: np.ndarray, rng: np.random.Generator, min_scale: float = 0.85, flip: bool = True,
-            size: int = FACE_SIZE) -> np.ndarray:
+            size: int = FACE_SIZE, rotate: float = 0.0, erase: float = 0.0) -> np.ndarray:
     """Random crop of 85-100% of the face box (side), resized to 48x48 with the package's
-    `crop_face`, and a horizontal flip with probability 1/2. uint8 [N,H,W] -> [N,48,48]."""
+    `crop_face`, and a horizontal flip with probability 1/2. uint8 [N,H,W] -> [N,48,48].
+
+    Optional, off by default (the paper's augmentation is crop + flip):
+    rotate: rotate each face by a uniform angle in [-rotate, rotate] degrees about its centre
+        (edges replicated), for the head tilt FER-2013's aligned crops lack;
+    erase: with this probability, fill one random rectangle (2-33% of the face, aspect 0.3-3.3)
+        with uniform noise (random erasing, Zhong et al. 2020), so that no single region
+        (the mouth, say) decides alone."""
     n, h, w = images.shape
     s = rng.uniform(min_scale, 1.0, n)
     cw, ch = s * w, s * h
@@ -291,4 +298,19 @@ def augment(images: np.ndarray, rng: np.random.Generator, min_scale: float = 0.8
     if flip:
         f = rng.random(n) < 0.5
         out[f] = out[f, :, ::-1]
+    if rotate > 0:
+        angles = rng.uniform(-rotate, rotate, n)
+        c = ((size - 1) / 2, (size - 1) / 2)
+        for i in range(n):
+            m = cv2.getRotationMatrix2D(c, float(angles[i]), 1.0)
+            out[i] = cv2.warpAffine(out[i], m, (size, size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+    if erase > 0:
+        for i in np.flatnonzero(rng.random(n) < erase):
+            area = rng.uniform(0.02, 1 / 3) * size * size
+            aspect = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3)))
+            eh = int(min(size, round(np.sqrt(area * aspect))))
+            ew = int(min(size, round(np.sqrt(area / aspect))))
+            ey, ex = rng.integers(0, size - eh + 1), rng.integers(0, size - ew + 1)
+            out[i, ey:ey + eh, ex:ex + ew] = rng.integers(0, 256, (eh, ew), dtype=np.uint8)
     return out

@@ -77,6 +77,8 @@ class TrainConfig:
     dropout: float = 0.5
     min_scale: float = 0.85
     augment: bool = True
+    rotate: float = 0.0  # >0: also rotate training faces by up to this many degrees
+    erase: float = 0.0  # >0: random erasing of one rectangle with this probability
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
@@ -215,7 +217,8 @@ class WeightEMA:
 def _epoch_data(fs: D.FaceSet, cfg: TrainConfig, epoch: int):
     """(faces uint8 [N,48,48], labels, permutation) for one epoch, reproducible from seed+epoch."""
     rng = np.random.default_rng([cfg.seed, epoch])
-    faces = D.augment(fs.images, rng, cfg.min_scale) if cfg.augment else fs.faces48()
+    faces = (D.augment(fs.images, rng, cfg.min_scale, rotate=cfg.rotate, erase=cfg.erase) if cfg.augment
+             else fs.faces48())
     return faces, rng.permutation(len(fs))
 
 
