@@ -65,9 +65,12 @@ PARAMS = [
           "or 'torch' (model_path is a training checkpoint).", read_only=True),
     Param("classifier_threads", 0, "CPU threads of the classifier (onnxruntime/torch); 0: min(2, cores).",
           range=(0, 256), read_only=True),
-    Param("flip_average", True, "Classify each face and its mirror image (one batch) and average them: "
-          "the shipped model was selected for it (66.6% vs 63.6% on FER-2013, model card); false halves "
-          "the classifier time per face.", read_only=True),
+    Param("flip_average", True, "Test-time averaging: also classify each face's mirror image (same batch) "
+          "and average the logits; doubles the classifier's batch (model card: accuracy per setting).",
+          read_only=True),
+    Param("crop_average", True, "Test-time averaging: also classify the centre and four corner crops of "
+          "90% side of each face (the crops the model was trained on) and average; with flip_average "
+          "12 views per face, 6x the classifier's batch (model card: accuracy per setting).", read_only=True),
     Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
           "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
     Param("margin", -1.0, "Widen each face box by this fraction per side before cropping; -1: the "
@@ -112,7 +115,8 @@ def build_pipeline(p: dict):
     from .classifier import ExpressionClassifier
 
     classifier = ExpressionClassifier(p["model_path"] or None, backend=p["backend"],
-                                      threads=p["classifier_threads"] or None, flip_average=p["flip_average"])
+                                      threads=p["classifier_threads"] or None, flip_average=p["flip_average"],
+                                      crop_average=p["crop_average"])
     return ExpressionPipeline(
         detector=name, detector_params=det_params, classifier=classifier, detect_interval=p["detect_interval"],
         async_scan=p["async_scan"], margin=None if p["margin"] < 0 else p["margin"], tracking=p["tracking"], smoothing=p["smoothing"],

@@ -83,6 +83,29 @@ def normalize(faces: np.ndarray) -> np.ndarray:
     return (faces.astype(np.float32) * (1.0 / 127.5) - 1.0)[:, None]
 
 
+# Side of the five test-time crops (centre and corners): the middle of the 85-100% random crops
+# the model was trained on.
+TTA_CROP = 0.9
+
+
+def tta_views(faces: np.ndarray, crops: bool = True, flip: bool = True) -> np.ndarray:
+    """The views of each face that test-time averaging classifies: the face itself; with
+    crops=True also its centre and four corner crops of TTA_CROP side, each resized back with
+    `crop_face` (as the training crops were); with flip=True all of these mirrored too.
+    uint8 [N, H, W] -> [V, N, H, W] with V = 1, 2, 6 or 12. The set of views of a mirrored
+    face is the mirrored set, so averaging over them gives a face and its mirror image one answer."""
+    faces = np.asarray(faces)
+    views = [faces]
+    if crops and len(faces):
+        n, h, w = faces.shape
+        cw, ch = TTA_CROP * w, TTA_CROP * h
+        for x0, y0 in (((w - cw) / 2, (h - ch) / 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)):
+            views.append(np.stack([crop_face(f, (x0, y0, cw, ch), 0.0, h) for f in faces]))
+    if flip:
+        views += [v[:, :, ::-1] for v in views]
+    return np.stack(views) if len(faces) else np.zeros((len(views),) + faces.shape, np.uint8)
+
+
 def preprocess(image: np.ndarray, boxes, margin: float = 0.0, size: int = FACE_SIZE) -> np.ndarray:
     """Full path from a frame and its face boxes to the model input float32 [N, 1, size, size]."""
     return normalize(crop_faces(image, boxes, margin, size))

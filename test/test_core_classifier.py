@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import need_shared
 from fer_ros import LABELS
 from fer_ros.classifier import ExpressionClassifier, default_model_path
-from fer_ros.preprocess import crop_faces, normalize
+from fer_ros.preprocess import crop_face, crop_faces, normalize, tta_views
 
 
 def make_onnx_model(path, seed: int = 0, in_shape=("N", 1, 48, 48), n_out: int = 7):
@@ -80,8 +80,8 @@ def test_batch_equals_one_by_one(clf):
 def test_flip_average_is_the_mean_over_face_and_mirror_image(model_path):
     """flip_average (the default): logits are the mean of the plain model's on the face and on
     its mirror image (in one batch), so a face and its mirror image get the same answer."""
-    flip = ExpressionClassifier(model_path, backend="onnxruntime")
-    plain = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False)
+    flip = ExpressionClassifier(model_path, backend="onnxruntime", crop_average=False)
+    plain = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False, crop_average=False)
     assert flip.flip_average and not plain.flip_average
     x = faces(6)
     mirrored = x[:, :, ::-1]
@@ -90,6 +90,29 @@ def test_flip_average_is_the_mean_over_face_and_mirror_image(model_path):
     np.testing.assert_allclose(flip.predict_logits(x), want, atol=1e-5)
     np.testing.assert_allclose(flip.predict(mirrored), flip.predict(x), atol=1e-5)
     assert flip.predict(x[:1]).shape == (1, 7) and flip.predict(x[:0]).shape == (0, 7)
+
+
+def test_crop_average_is_the_mean_over_five_crops_and_their_mirror_images(model_path):
+    """crop_average + flip_average (the defaults): the mean of the plain model's logits on the
+    face, its centre and four corner crops of 90% side (each resized back to 48x48) and the
+    mirror images of all six; a face and its mirror image still get the same answer."""
+    both = ExpressionClassifier(model_path, backend="onnxruntime")
+    crops = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False)
+    plain = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False, crop_average=False)
+    assert both.crop_average and both.flip_average
+    x = faces(5)
+    h = 48 * 0.9
+    boxes = [(2.4, 2.4, h, h), (0, 0, h, h), (4.8, 0, h, h), (0, 4.8, h, h), (4.8, 4.8, h, h)]
+    views = [x] + [np.stack([crop_face(f, b) for f in x]) for b in boxes]
+    assert all(v.shape == x.shape for v in views)
+    per_view = np.stack([plain.predict_logits(v) for v in views])
+    assert np.abs(per_view[1] - per_view[0]).max() > 1e-3  # a crop is a different input
+    np.testing.assert_allclose(crops.predict_logits(x), per_view.mean(0), atol=1e-5)
+    mirrored = np.stack([plain.predict_logits(np.ascontiguousarray(v[:, :, ::-1])) for v in views])
+    np.testing.assert_allclose(both.predict_logits(x), np.concatenate([per_view, mirrored]).mean(0), atol=1e-5)
+    np.testing.assert_allclose(both.predict(x[:, :, ::-1]), both.predict(x), atol=1e-5)
+    np.testing.assert_allclose(both.predict(x[2]), both.predict(x)[2:3], atol=1e-5)  # batch = one by one
+    assert both.predict(x[:0]).shape == (0, 7)
 
 
 def test_bad_inputs_have_clear_errors(clf):
@@ -175,8 +198,10 @@ def test_fer2013_inference_path_equals_training_path(clf, monkeypatch):
     res = pipe.process(img)
     assert len(res) == 1 and res[0].box == (0, 0, 48, 48)
     np.testing.assert_array_equal(seen[0][:1], training_input)
-    if clf.flip_average:  # the same batch holds the mirror image
-        np.testing.assert_array_equal(seen[0][1:], training_input[..., ::-1])
+    # the rest of the batch: the test-time views (crops, mirror images) of that same crop
+    views = tta_views(crop_faces(img, [(0, 0, 48, 48)], margin=0.0), clf.crop_average, clf.flip_average)
+    assert len(seen[0]) == len(views) == (1 + 5 * clf.crop_average) * (1 + clf.flip_average)
+    np.testing.assert_array_equal(seen[0], normalize(views.reshape(-1, 48, 48)))
     assert training_input.min() >= -1.0 and training_input.max() <= 1.0
     np.testing.assert_allclose(res[0].scores, clf.predict(img[None])[0], atol=1e-6)
 

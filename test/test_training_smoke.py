@@ -72,3 +72,28 @@ def test_one_full_stage1_epoch_learns(tmp_path):
     _, r = train_model(train, val, _cfg(1), out=tmp_path / "run", quiet=True)
     assert r["val"]["accuracy"] > 0.35
 
+
+
+def test_training_evaluation_averages_the_views_the_classifier_averages(small_fer, tmp_path):
+    """train.predict_logits with flip/crops gives what ExpressionClassifier(flip_average,
+    crop_average) gives for the exported model, so the accuracy selected in training is the
+    deployed one; a batch split across views keeps faces and views apart."""
+    from fer_ros.classifier import ExpressionClassifier
+    from training.model import MobileNetV1
+    from training.train import predict_logits, recalibrate_bn
+
+    torch.manual_seed(0)
+    net = MobileNetV1(width=0.25)
+    faces = small_fer[1].images[:23]
+    recalibrate_bn(net, small_fer[0].images[:128], "cpu")  # BN statistics of real faces: outputs depend on the input
+    net.eval()
+    onnx_path = export_onnx(net, tmp_path / "m.onnx")
+    for flip in (False, True):
+        for crops in (False, True):
+            clf = ExpressionClassifier(onnx_path, backend="onnxruntime", flip_average=flip, crop_average=crops)
+            got = predict_logits(net, faces, "cpu", batch=10, flip=flip, crops=crops)
+            np.testing.assert_allclose(got, clf.predict_logits(faces), atol=1e-4)
+    plain = predict_logits(net, faces, "cpu")
+    both, first = predict_logits(net, faces, "cpu", flip=True, crops=True, with_plain=True)
+    np.testing.assert_allclose(first, plain, atol=1e-5)
+    assert np.abs(both - plain).max() > 1e-3

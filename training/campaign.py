@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-flip", action="store_true",
                     help="stage 2 and cross-dataset tests score each face with its mirror image averaged in "
                          "(as ExpressionClassifier's default flip_average does)")
+    ap.add_argument("--eval-crops", action="store_true",
+                    help="... and with its five 90%% crops averaged in (ExpressionClassifier's crop_average)")
     ap.add_argument("--jobs", type=int, default=0, help="at most this many processes at once (0: all at once)")
     a = ap.parse_args(argv)
     runs = Path(a.runs)
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
     packer_thread.start()
 
     s1 = ["--epochs", str(a.stage1_epochs), "--max-seconds", str(a.stage1_seconds), "--quiet"]
-    cv = ["--epochs", str(a.cv_epochs)] + (["--eval-flip"] if a.eval_flip else [])
+    tta = (["--eval-flip"] if a.eval_flip else []) + (["--eval-crops"] if a.eval_crops else [])
+    cv = ["--epochs", str(a.cv_epochs)] + tta
     if a.tiny:
         s1 = ["--epochs", "1", "--limit", "256", "--val-limit", "128", "--quiet"]
         cv = ["--epochs", "1", "--folds", "0"]
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
                 jobs.append((f"cv_ck{setup}_2s_{by}", [*exp, "cv", "--dataset", f"ckplus:{setup}", "--by", by, *init,
                                                        "--out", str(runs / f"cv_ck{setup}_2s_{by}"), *s2]))
         xe = ["--epochs", "1"] if a.tiny else ["--epochs", str(a.cv_epochs)]
-        xe += ["--lr", str(a.stage2_lr)] + (["--eval-flip"] if a.eval_flip else [])
+        xe += ["--lr", str(a.stage2_lr)] + tta
         jobs.append(("cross_jaffe_to_ck6", [*exp, "cross", "--source", "jaffe", "--target", "ckplus:small6", *init,
                                             "--out", str(runs / "cross_jaffe_to_ck6"), *xe]))
         jobs.append(("cross_ck6_to_jaffe", [*exp, "cross", "--source", "ckplus:small6", "--target", "jaffe", *init,

@@ -88,7 +88,7 @@ def run_cross(src: D.FaceSet, tgt: D.FaceSet, cfg: TrainConfig, out) -> dict:
     shared = [c for c in src.class_names if c in tgt.class_names]
     t = tgt.relabel(src.class_names)
     cols = [src.class_names.index(c) for c in shared]
-    logits = predict_logits(model, t.faces48(), pick_device(cfg.device), flip=cfg.eval_flip)
+    logits = predict_logits(model, t.faces48(), pick_device(cfg.device), flip=cfg.eval_flip, crops=cfg.eval_crops)
     pred = np.array(cols)[logits[:, cols].argmax(1)]
     m = metrics(t.labels, pred, src.class_names)
     r = {"kind": "cross", "classes": shared, "n_test": len(t), "n_train": len(src), "config": asdict(cfg),

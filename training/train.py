@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fer_ros import LABELS
-from fer_ros.preprocess import normalize
+from fer_ros.preprocess import normalize, tta_views
 from training import data as D
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
 from training.report import metrics, plot_confusion, plot_curves, write_json
@@ -90,6 +90,7 @@ class TrainConfig:
     ema: float = 0.0  # >0: keep an exponential moving average of the weights (decay per step);
     # it is what gets evaluated, selected and saved
     eval_flip: bool = False  # evaluate on the mean logits of each face and its mirror image
+    eval_crops: bool = False  # ... and of its five 90% crops (ExpressionClassifier's crop_average)
     max_seconds: float = 0.0  # >0: stop after the epoch that passes this wall time (cosine: fit epochs to it)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -144,26 +145,28 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False,
-                   with_plain: bool = False):
-    """Logits for uint8 faces; flip=True averages them with the mirrored faces' logits (what
-    ExpressionClassifier(flip_average=True) computes). with_plain=True also returns the unflipped ones."""
+                   with_plain: bool = False, crops: bool = False):
+    """Logits for uint8 faces; flip/crops average them over the test-time views of each face
+    (`preprocess.tta_views`, what ExpressionClassifier(flip_average, crop_average) computes).
+    with_plain=True also returns the logits of the faces alone."""
     model.eval()
     out, plain = [], []
     for i in range(0, len(faces48), batch):
-        x = torch.from_numpy(normalize(faces48[i:i + batch])).to(device)
-        logits = model(x).float()
-        plain.append(logits.cpu())
-        if flip:
-            logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
-        out.append(logits.cpu())
+        views = tta_views(faces48[i:i + batch], crops=crops, flip=flip)  # [V, n, 48, 48]
+        x = torch.from_numpy(normalize(views.reshape(-1, *views.shape[2:]))).to(device)
+        logits = torch.cat([model(x[j:j + batch]).float() for j in range(0, len(x), batch)])
+        logits = logits.reshape(len(views), -1, logits.shape[1])
+        plain.append(logits[0].cpu())
+        out.append(logits.mean(0).cpu())
     cat = (lambda xs: torch.cat(xs).numpy() if xs else np.zeros((0, model.num_classes), np.float32))
     return (cat(out), cat(plain)) if with_plain else cat(out)
 
 
-def evaluate(model, fs: D.FaceSet, device, class_names=None, flip: bool = False, with_plain: bool = False):
+def evaluate(model, fs: D.FaceSet, device, class_names=None, flip: bool = False, with_plain: bool = False,
+             crops: bool = False):
     """(metrics, mean cross-entropy) on a FaceSet (no augmentation); with_plain=True adds the
     accuracy without flip averaging (same forward passes) as a third element."""
-    logits, plain = predict_logits(model, fs.faces48(), device, flip=flip, with_plain=True)
+    logits, plain = predict_logits(model, fs.faces48(), device, flip=flip, with_plain=True, crops=crops)
     y = fs.labels
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()) if len(y) else 0.0
     m = metrics(y, logits.argmax(1), class_names or fs.class_names)
@@ -349,9 +352,9 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         if cfg.bn_recal and (len(train) <= cfg.bn_recal_max or epoch + 1 == cfg.epochs):
             recalibrate_bn(evalm, train_faces48, device)
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            m, vloss, plain = evaluate(evalm, val, device, flip=cfg.eval_flip, with_plain=True)
+            m, vloss, plain = evaluate(evalm, val, device, flip=cfg.eval_flip, with_plain=True, crops=cfg.eval_crops)
             rec.update(val_loss=vloss, val_acc=m["accuracy"], val_macro_f1=m["macro_f1"])
-            if cfg.eval_flip:  # the same weights without flip averaging, to show what it gains
+            if cfg.eval_flip or cfg.eval_crops:  # the same weights on the faces alone, to show what averaging gains
                 rec["val_acc_noflip"] = plain
             if ema:  # the raw weights (no flip), to show what averaging gains
                 rec["val_acc_raw"] = evaluate(model, val, device)[0]["accuracy"]
@@ -395,7 +398,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
               "history": history, "train_seconds_this_run": train_s, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if val is not None:
-        m, _ = evaluate(model, val, device, flip=cfg.eval_flip)
+        m, _ = evaluate(model, val, device, flip=cfg.eval_flip, crops=cfg.eval_crops)
         result["val"] = m
         result["selected_epoch"] = best["epoch"] if select else len(history)
     if out is not None:
