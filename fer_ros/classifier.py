@@ -237,16 +237,18 @@ class ExpressionClassifier:
         (fer_mobilenet_v1_int8.onnx) when the package ships one: "auto" (default) = yes if present.
         TensorRT always builds from the FP32 ONNX model (in FP16).
     flip_average, crop_average: test-time averaging. Each face is classified as several views
-        in one batch and their logits are averaged (`preprocess.tta_views`): flip_average adds
-        the mirror image, crop_average the centre and four corner crops of 90% side (the crops
-        the model was trained on). Both on (default): 12 views per face. The accuracy and speed
-        of each setting are in the model card; both False: the network's raw logits.
+        in one batch and their logits are averaged (`preprocess.tta_views`): flip_average (on by
+        default) adds the mirror image, crop_average (off by default; on in config/therapy.yaml)
+        the centre and four corner crops of 90% side (the crops the model was trained on), 12
+        views per face with both. More views, higher accuracy, proportionally more classifier
+        time: the model card has the accuracy of each setting, docs/core.md the time. Both
+        False: the network's raw logits.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, backend: str = "auto",
                  threads: int | None = None, engine_cache_dir: str | os.PathLike | None = None,
                  fp16: bool = True, int8: bool | str = "auto", flip_average: bool = True,
-                 crop_average: bool = True):
+                 crop_average: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"unknown classifier backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.model_path = Path(model_path) if model_path else default_model_path()

@@ -68,9 +68,10 @@ PARAMS = [
     Param("flip_average", True, "Test-time averaging: also classify each face's mirror image (same batch) "
           "and average the logits; doubles the classifier's batch (model card: accuracy per setting).",
           read_only=True),
-    Param("crop_average", True, "Test-time averaging: also classify the centre and four corner crops of "
+    Param("crop_average", False, "Test-time averaging: also classify the centre and four corner crops of "
           "90% side of each face (the crops the model was trained on) and average; with flip_average "
-          "12 views per face, 6x the classifier's batch (model card: accuracy per setting).", read_only=True),
+          "12 views per face, 6x the classifier's batch (model card: accuracy per setting; on in "
+          "config/therapy.yaml).", read_only=True),
     Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
           "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
     Param("margin", -1.0, "Widen each face box by this fraction per side before cropping; -1: the "

@@ -93,13 +93,14 @@ def test_flip_average_is_the_mean_over_face_and_mirror_image(model_path):
 
 
 def test_crop_average_is_the_mean_over_five_crops_and_their_mirror_images(model_path):
-    """crop_average + flip_average (the defaults): the mean of the plain model's logits on the
+    """crop_average + flip_average (config/therapy.yaml): the mean of the plain model's logits on the
     face, its centre and four corner crops of 90% side (each resized back to 48x48) and the
     mirror images of all six; a face and its mirror image still get the same answer."""
-    both = ExpressionClassifier(model_path, backend="onnxruntime")
-    crops = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False)
+    both = ExpressionClassifier(model_path, backend="onnxruntime", crop_average=True)
+    crops = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False, crop_average=True)
     plain = ExpressionClassifier(model_path, backend="onnxruntime", flip_average=False, crop_average=False)
     assert both.crop_average and both.flip_average
+    assert not ExpressionClassifier(model_path, backend="onnxruntime").crop_average  # off by default
     x = faces(5)
     h = 48 * 0.9
     boxes = [(2.4, 2.4, h, h), (0, 0, h, h), (4.8, 0, h, h), (0, 4.8, h, h), (4.8, 4.8, h, h)]

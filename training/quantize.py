@@ -81,9 +81,9 @@ def write_card_section(md: Path, r: dict) -> None:
 ## INT8 copy (`{r['file']}`, used by default on CPU)
 Made from this model by `{r['command']}` ({r['made']}): ONNX Runtime static QDQ quantization
 (`fer_ros.classifier.quantize_int8`), per-channel, calibrated on {r['calibration']}, first
-convolution and classifier kept in FP32. FER-2013 PublicTest with the default test-time averaging
-(`flip_average` and `crop_average`, 12 views): **{r['publictest_accuracy_int8_flip_and_crop_average']:.2%}**;
-with `flip_average` only {r['publictest_accuracy_int8_flip_average']:.2%}; the network alone
+convolution and classifier kept in FP32. FER-2013 PublicTest with test-time averaging over 12 views
+(`flip_average` and `crop_average`, as config/therapy.yaml runs it): **{r['publictest_accuracy_int8_flip_and_crop_average']:.2%}**;
+with `flip_average` only (the classifier's default) {r['publictest_accuracy_int8_flip_average']:.2%}; the network alone
 {r['publictest_accuracy_int8']:.2%} (FP32 {r['publictest_accuracy_fp32']:.2%}), the same answer as FP32
 on {r['agreement_with_fp32']:.2%} of the 3,589 faces. It is what `ExpressionClassifier()` runs on the onnxruntime CPU backend, because it
 is 1.5-2x faster in batches (docs/core.md); `int8=False` (or any explicit `model_path`) uses the
