@@ -97,3 +97,22 @@ def test_training_evaluation_averages_the_views_the_classifier_averages(small_fe
     both, first = predict_logits(net, faces, "cpu", flip=True, crops=True, with_plain=True)
     np.testing.assert_allclose(first, plain, atol=1e-5)
     assert np.abs(both - plain).max() > 1e-3
+
+
+def test_cv_fold_models_rescore_to_the_reported_accuracy(tmp_path):
+    """A 5-fold CV run keeps each fold's model; `rescore_cv` rebuilds the same folds and, with
+    the run's own test-time setting, reproduces its per-fold accuracies exactly; with 12 views
+    it scores the same models again and records both."""
+    from training.experiments import load_dataset, rescore_cv, run_cv
+
+    torch.set_num_threads(2)
+    fs = load_dataset("jaffe", str(need_shared()))
+    cfg = _cfg(1, width=0.25, init="scratch", bn_recal=True, batch=32)
+    res = run_cv(fs, cfg, tmp_path / "cv", by="subject")
+    same = rescore_cv(fs, tmp_path / "cv", flip=False, crops=False)
+    assert same["fold_accuracy"] == pytest.approx([f["accuracy"] for f in res["folds"]], abs=1e-9)
+    tta = rescore_cv(fs, tmp_path / "cv", flip=True, crops=True)
+    assert tta["views_per_face"] == 12 and len(tta["fold_accuracy"]) == 5
+    assert (tmp_path / "cv" / "rescore_12views.json").exists()
+    with pytest.raises(ValueError, match="not a CV run of this dataset"):
+        rescore_cv(load_dataset("ckplus:small6", str(need_shared())), tmp_path / "cv", flip=True, crops=True)

@@ -7,6 +7,8 @@
     python -m training.experiments cv --dataset ckplus:large7 --init imagenet --center-lambda 0 --out runs/cv/ck_large7_1s
     # cross-dataset: train on all of JAFFE, test on CK+ (small6)
     python -m training.experiments cross --source jaffe --target ckplus:small6 --init runs/stage1/best.pt --out runs/cross/jaffe_to_ck
+    # score finished CV runs' fold models again with 12-view test-time averaging (no retraining)
+    python -m training.experiments rescore --dataset jaffe --flip --crops runs/cv/jaffe_2s_random
 
 Datasets: `fer2013`, `jaffe`, `ckplus:<setup>` with setup in training.data.CK_SETUPS. Within a
 fold the model of the last epoch is tested (no selection on the test fold). Each run writes
@@ -16,6 +18,7 @@ result.json (per-fold and pooled metrics), confusion.png and a loss-curve PNG pe
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -100,6 +103,32 @@ def run_cross(src: D.FaceSet, tgt: D.FaceSet, cfg: TrainConfig, out) -> dict:
     return r
 
 
+def rescore_cv(fs: D.FaceSet, run, flip: bool, crops: bool, device: str = "cpu") -> dict:
+    """Score a finished CV run's fold models (fold*/final.pt) again with other test-time
+    averaging, on the same folds (rebuilt from the run's result.json), without retraining.
+    Writes run/rescore_<views>.json."""
+    from training.model import load_checkpoint
+
+    run = Path(run)
+    r = json.loads((run / "result.json").read_text())
+    if r.get("kind") != "cv" or r["n"] != len(fs) or r["class_names"] != list(fs.class_names):
+        raise ValueError(f"{run} is not a CV run of this dataset ({len(fs)} faces, {list(fs.class_names)})")
+    accs = []
+    for i, test_idx in enumerate(D.kfold(fs, r["k"], r["by"], r["fold_seed"])):
+        if len(test_idx) != r["folds"][i]["n_test"]:
+            raise ValueError(f"{run}: fold {i} has {len(test_idx)} faces now, {r['folds'][i]['n_test']} then")
+        model = load_checkpoint(run / f"fold{i}" / "final.pt").to(device)
+        logits = predict_logits(model, fs.subset(test_idx).faces48(), torch.device(device), flip=flip, crops=crops)
+        accs.append(float((logits.argmax(1) == fs.labels[test_idx]).mean()))
+    views = (1 + 5 * crops) * (1 + flip)
+    out = {"run": str(run), "flip": flip, "crops": crops, "views_per_face": views, "fold_accuracy": accs,
+           "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
+           "trained_with": {k: r["config"].get(k) for k in ("eval_flip", "eval_crops")},
+           "mean_accuracy_as_trained": r["mean_accuracy"]}
+    write_json(out, run / f"rescore_{views}views.json")
+    return out
+
+
 def _cfg_from_args(a) -> TrainConfig:
     base = {**asdict(TrainConfig()), **STAGE2}
     for f in fields(TrainConfig):
@@ -134,7 +163,20 @@ def main(argv=None) -> int:
                                default=None)
             else:
                 p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=t, default=None)
+    rs = sub.add_parser("rescore", help="score finished CV runs again with other test-time averaging")
+    rs.add_argument("--dataset", required=True)
+    rs.add_argument("--shared", default=None)
+    rs.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    rs.add_argument("--crops", action=argparse.BooleanOptionalAction, default=True)
+    rs.add_argument("runs", nargs="+", help="CV run directories (with result.json and fold*/final.pt)")
     a = ap.parse_args(argv)
+    if a.cmd == "rescore":
+        fs = load_dataset(a.dataset, a.shared)
+        for run in a.runs:
+            r = rescore_cv(fs, run, a.flip, a.crops)
+            print(f"{run}: {r['views_per_face']} views {r['mean_accuracy']:.4f} +- {r['std_accuracy']:.4f}"
+                  f" (as trained: {r['mean_accuracy_as_trained']:.4f})")
+        return 0
     cfg = _cfg_from_args(a)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if a.cmd == "cv":
