@@ -8,6 +8,7 @@ camera stamps each frame when it grabs it), so it covers image transport, conver
 detection, classification, tracking and result transport.
 
     .venv/bin/python bench/bench_latency.py [--duration 30] [--rate 30] [--faces 1]
+    .venv/bin/python bench/bench_latency.py --params-file config/therapy.yaml --faces 3   # shipped config
 
 Prints p50/p95/p99/max latency, delivered rate, the share of frames with the expected face
 count, frames dropped by the expression node (newest-frame-only) and whether latency grows
@@ -51,6 +52,9 @@ def main() -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--model", default="", help="expression model (default: the shipped one)")
     ap.add_argument("--detector", default="default")
+    ap.add_argument("--params-file", default="",
+                    help="expression_node parameters from this YAML first (e.g. config/therapy.yaml, the "
+                         "shipped therapy settings); -p items override it")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="extra expression_node parameter (repeatable), e.g. -p detect_interval:=1")
     ap.add_argument("--nice", type=int, default=None,
@@ -76,6 +80,8 @@ def main() -> int:
     expression = [sys.executable, "-m", "fer_ros.expression_node", "--ros-args",
                   "-p", f"backend:={args.backend}", "-p", f"detector:={args.detector}",
                   "-p", "publish_annotated:=false"]
+    if args.params_file:
+        expression += ["--params-file", str(Path(args.params_file).resolve())]
     if args.model:
         expression += ["-p", f"model_path:={args.model}"]
     for item in args.param:
@@ -160,6 +166,7 @@ def main() -> int:
     load = os.getloadavg()
     print(f"camera {args.width}x{args.height} @ {args.rate:g} FPS, {args.faces} face(s), detector {args.detector}, "
           f"backend {diag.get('backend', '?')}, model {diag.get('model', '?')}"
+          + (f", parameters from {args.params_file}" if args.params_file else "")
           + (f", {' '.join(args.param)}" if args.param else ""))
     print(f"measured {args.duration:g} s after {args.warmup:g} s warm-up; {len(lat)} results; "
           f"load average {load[0]:.2f} on {os.cpu_count()} CPUs"

@@ -99,6 +99,8 @@ def main() -> int:
     four = [cv2.resize(cv2.imread(str(media / "multi_face.jpg")), (640, 480), interpolation=cv2.INTER_AREA)]
     clf = ExpressionClassifier(args.model, backend="onnxruntime", threads=args.threads)  # flip averaging on
     clf_plain = ExpressionClassifier(args.model, backend="onnxruntime", threads=args.threads, flip_average=False)
+    # 12 views per face, as config/therapy.yaml runs it
+    clf_crops = ExpressionClassifier(args.model, backend="onnxruntime", threads=args.threads, crop_average=True)
     print(f"model {args.model}  backend {clf.backend}  threads {args.threads}  cpus {os.cpu_count()}  "
           f"opencv {cv2.__version__}")
     print(f"{args.frames} timed frames per case after {args.warmup} warm-up frames; 640x480 BGR\n")
@@ -115,7 +117,8 @@ def main() -> int:
     cases = [("pipeline (default: haar@320, detect_interval=5)", dict()),
              ("pipeline, full scan every frame (detect_interval=1)", dict(detect_interval=1)),
              ("pipeline, background full scans (async_scan=True)", dict(async_scan=True)),
-             ("pipeline, no flip averaging (flip_average=False)", dict(classifier=clf_plain))]
+             ("pipeline, no flip averaging (flip_average=False)", dict(classifier=clf_plain)),
+             ("pipeline, 12 views per face (crop_average=True)", dict(classifier=clf_crops))]
     if Path(args.yunet).is_file():
         cases.append(("pipeline, yunet@320 (needs a model path)",
                       dict(detector="yunet", detector_params={"model": args.yunet, "downscale_width": 320})))
@@ -155,7 +158,8 @@ def main() -> int:
     # Classifier alone: real face crops, tiled to the batch size.
     boxes = make_detector("haar", downscale_width=None).detect(four[0])
     crops = crop_faces(four[0], boxes[:, :4], 0.1)
-    models = [(args.model, clf), (f"{args.model} with flip_average=False", clf_plain)]
+    models = [(args.model, clf), (f"{args.model} with flip_average=False", clf_plain),
+              (f"{args.model} with crop_average=True (12 views)", clf_crops)]
     models += [(m, ExpressionClassifier(m, backend="onnxruntime", threads=args.threads)) for m in args.also_model]
     for path, c in models:
         print(f"\nclassifier {Path(path).name}")
