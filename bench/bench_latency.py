@@ -165,7 +165,8 @@ def main() -> int:
         received = int(diag.get("frames_received", 0)) - dropped0[1]
     load = os.getloadavg()
     print(f"camera {args.width}x{args.height} @ {args.rate:g} FPS, {args.faces} face(s), detector {args.detector}, "
-          f"backend {diag.get('backend', '?')}, model {diag.get('model', '?')}"
+          f"backend {diag.get('backend', '?')}, model {diag.get('model', '?')}, "
+          f"{diag.get('views_per_face', '?')} view(s) per face"
           + (f", parameters from {args.params_file}" if args.params_file else "")
           + (f", {' '.join(args.param)}" if args.param else ""))
     print(f"measured {args.duration:g} s after {args.warmup:g} s warm-up; {len(lat)} results; "

@@ -282,6 +282,11 @@ class ExpressionClassifier:
                 self._impl = OnnxRuntimeBackend(self.model_path, threads=threads)
         self.backend = self._impl.name
 
+    @property
+    def views_per_face(self) -> int:
+        """Images the network sees per face: 1, 2 (flip), 6 (crops) or 12 (both)."""
+        return (1 + 5 * self.crop_average) * (1 + self.flip_average)
+
     def predict_logits(self, faces) -> np.ndarray:
         faces = check_faces(faces)
         if len(faces) == 0:

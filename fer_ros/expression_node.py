@@ -194,7 +194,9 @@ class ExpressionNode(Node):
         topic = self.sub.topic_name if self.sub else "(none: in-process)"
         self.get_logger().info(
             f"expressions from {topic} -> {self.pub.topic_name}; detector {self.p['detector']}, "
-            f"backend {self.backend}, model {self.model_path}")
+            f"backend {self.backend}, model {self.model_path}, "
+            f"{self.pipeline.classifier.views_per_face} view(s) per face (flip_average {self.p['flip_average']}, "
+            f"crop_average {self.p['crop_average']})")
 
     # -- newest-frame-only hand-over between the DDS callback and the worker --------------
     def _on_image(self, msg):
@@ -288,7 +290,7 @@ class ExpressionNode(Node):
             "frames_received": s["received"], "frames_processed": s["processed"],
             "frames_dropped": s["dropped"], "frames_malformed": s["malformed"], "errors": s["errors"],
             "faces_in_last_frame": s["faces"], "backend": self.backend, "model": self.model_path,
-            "detector": self.p["detector"],
+            "detector": self.p["detector"], "views_per_face": self.pipeline.classifier.views_per_face,
         }
         values.update({f"last_{k}_ms": f"{v:.1f}" for k, v in timings.items()})
         status.values = key_values(values)

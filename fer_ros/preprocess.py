@@ -88,9 +88,9 @@ def normalize(faces: np.ndarray) -> np.ndarray:
 TTA_CROP = 0.9
 
 
-def tta_views(faces: np.ndarray, crops: bool = True, flip: bool = True) -> np.ndarray:
+def tta_views(faces: np.ndarray, crops: bool = True, flip: bool = True, scale: float = TTA_CROP) -> np.ndarray:
     """The views of each face that test-time averaging classifies: the face itself; with
-    crops=True also its centre and four corner crops of TTA_CROP side, each resized back with
+    crops=True also its centre and four corner crops of `scale` side, each resized back with
     `crop_face` (as the training crops were); with flip=True all of these mirrored too.
     uint8 [N, H, W] -> [V, N, H, W] with V = 1, 2, 6 or 12. The set of views of a mirrored
     face is the mirrored set, so averaging over them gives a face and its mirror image one answer."""
@@ -98,7 +98,7 @@ def tta_views(faces: np.ndarray, crops: bool = True, flip: bool = True) -> np.nd
     views = [faces]
     if crops and len(faces):
         n, h, w = faces.shape
-        cw, ch = TTA_CROP * w, TTA_CROP * h
+        cw, ch = scale * w, scale * h
         for x0, y0 in (((w - cw) / 2, (h - ch) / 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)):
             views.append(np.stack([crop_face(f, (x0, y0, cw, ch), 0.0, h) for f in faces]))
     if flip:

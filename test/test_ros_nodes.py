@@ -347,6 +347,28 @@ def test_whole_image_mode_for_pre_cropped_faces(ros, tmp_path):
         node.destroy_node()
 
 
+def test_test_time_averaging_parameters_reach_the_classifier(ros, tmp_path):
+    """flip_average / crop_average set the views the classifier averages (2 by default, 12 with
+    both, as config/therapy.yaml sets them), and diagnostics report it."""
+    from fer_ros.expression_node import ExpressionNode
+    from fer_ros.node_set import load_config
+
+    context, _ = ros
+    therapy = load_config(REPO / "config" / "therapy.yaml")["expression_node"]
+    assert therapy["flip_average"] is True and therapy["crop_average"] is True
+    for params, views in (({}, 2), ({"crop_average": True}, 12), ({"flip_average": False, "crop_average": True}, 6),
+                          ({"flip_average": False}, 1)):
+        node = ExpressionNode(params={"detector": "whole", "backend": "onnxruntime",
+                                      "model_path": model_for_tests(tmp_path), **params},
+                              subscribe=False, context=context)
+        try:
+            assert node.pipeline.classifier.views_per_face == views
+            values = {kv.key: kv.value for kv in node.diagnostics().values}
+            assert values["views_per_face"] == str(views)
+        finally:
+            node.destroy_node()
+
+
 @pytest.mark.parametrize("params,message", [
     ({"detector": "bogus"}, "unknown detector 'bogus'"),
     ({"detector": "yunet"}, "needs detector.model"),

@@ -1,0 +1,58 @@
+"""How test-time averaging changes a checkpoint's FER-2013 PublicTest accuracy.
+
+    python -m training.tta_scan runs/s1_ema/best.pt [more checkpoints] [--scales 0.85 0.9 0.95]
+
+For each crop scale, scores the face alone (1 view), with its mirror image (2, `flip_average`),
+with its centre and four corner crops (6, `crop_average`) and both (12), through
+`fer_ros.preprocess.tta_views` (the classifier's views). The package uses scale 0.9
+(`preprocess.TTA_CROP`, the middle of the 85-100% training crops); the other scales show how
+much that choice matters. PublicTest is also the epoch-selection set, so small differences
+between settings are not evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from fer_ros.preprocess import normalize, tta_views
+from training import data as D
+from training.model import load_checkpoint
+
+
+@torch.no_grad()
+def view_logits(model, faces: np.ndarray, scale: float, batch: int = 512) -> np.ndarray:
+    """Logits [12, N, C] of the 12 views (face, 5 crops, then their mirror images)."""
+    out = []
+    for i in range(0, len(faces), batch):
+        v = tta_views(faces[i:i + batch], crops=True, flip=True, scale=scale)
+        x = torch.from_numpy(normalize(v.reshape(-1, *v.shape[2:])))
+        out.append(model(x).float().numpy().reshape(v.shape[0], v.shape[1], -1))
+    return np.concatenate(out, axis=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.85, 0.9, 0.95])
+    ap.add_argument("--shared", default=None)
+    a = ap.parse_args(argv)
+    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
+    test = fer.subset(np.flatnonzero(fer.split == 1))
+    faces, y = test.faces48(), test.labels
+    # view indices in tta_views order: 0 face, 1-5 crops, 6 mirrored face, 7-11 mirrored crops
+    sets = {"1 (face)": [0], "2 (flip)": [0, 6], "6 (crops)": list(range(6)), "12 (flip+crops)": list(range(12))}
+    for path in a.checkpoints:
+        model = load_checkpoint(path)
+        print(path)
+        for s in a.scales:
+            lg = view_logits(model, faces, s)
+            accs = {k: float((lg[v].mean(0).argmax(1) == y).mean()) for k, v in sets.items()}
+            print(f"  crop scale {s:.2f}: " + "  ".join(f"{k} views {acc:.2%}" for k, acc in accs.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
