@@ -116,3 +116,24 @@ def test_cv_fold_models_rescore_to_the_reported_accuracy(tmp_path):
     assert (tmp_path / "cv" / "rescore_12views.json").exists()
     with pytest.raises(ValueError, match="not a CV run of this dataset"):
         rescore_cv(load_dataset("ckplus:small6", str(need_shared())), tmp_path / "cv", flip=True, crops=True)
+
+
+def test_distillation_follows_the_teacher_not_the_labels(small_fer, tmp_path):
+    """With distill_weight 1 the labels drop out of the loss: a teacher that says 'surprise' for
+    every face makes the student say 'surprise' for most of them; a wrong-sized file is refused."""
+    train = small_fer[0].subset(np.arange(128))
+    surprise = list(train.class_names).index("surprise")
+    teacher = np.zeros((len(train), 7), np.float32)
+    teacher[:, surprise] = 8.0
+    np.save(tmp_path / "t.npy", teacher)
+    cfg = _cfg(4, width=0.25, init="scratch", lr=0.05, augment=False, center_lambda=0.0,
+               distill=str(tmp_path / "t.npy"), distill_weight=1.0, distill_t=1.0)
+    model, _ = train_model(train, None, cfg, out=None, quiet=True)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(normalize(train.images))).argmax(1).numpy()
+    assert np.mean(pred == surprise) > 0.9
+    assert np.mean(train.labels == surprise) < 0.3  # the labels alone would not teach that
+    np.save(tmp_path / "bad.npy", teacher[:10])
+    with pytest.raises(ValueError, match="teacher logits"):
+        train_model(train, None, TrainConfig(**{**cfg.__dict__, "distill": str(tmp_path / "bad.npy")}),
+                    out=None, quiet=True)

@@ -87,6 +87,9 @@ class TrainConfig:
     bn_recal: bool = False  # re-estimate BN statistics on the training faces before evaluating
     bn_recal_max: int = 5000  # ...after every epoch when the set is this small, else after the last
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the paper's plain softmax loss)
+    distill: str = ""  # .npy of teacher logits [N, C], one row per training face (training.distill)
+    distill_weight: float = 0.5  # loss = (1-w) * CE + w * T^2 * KL(teacher_T || student_T)
+    distill_t: float = 2.0  # softmax temperature of the distillation term
     ema: float = 0.0  # >0: keep an exponential moving average of the weights (decay per step);
     # it is what gets evaluated, selected and saved
     eval_flip: bool = False  # evaluate on the mean logits of each face and its mirror image
@@ -289,6 +292,12 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     pool = ThreadPoolExecutor(1)  # augments the next epoch while this one trains
     nxt = pool.submit(_epoch_data, train, cfg, start) if start < cfg.epochs else None
     labels_all = torch.from_numpy(train.labels).to(device)
+    teacher_all = None
+    if cfg.distill:
+        teacher = np.load(cfg.distill)
+        if teacher.shape != (len(train), len(class_names)):
+            raise ValueError(f"{cfg.distill}: teacher logits {teacher.shape}, need ({len(train)}, {len(class_names)})")
+        teacher_all = torch.from_numpy(teacher.astype(np.float32)).to(device)
     train_faces48 = train.faces48() if cfg.bn_recal else None
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
@@ -322,6 +331,11 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                 logits, feats = model(x, return_features=True)
             logits, feats = logits.float(), feats.float()
             ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if teacher_all is not None:
+                t = cfg.distill_t
+                kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_all[idx] / t, 1),
+                              log_target=True, reduction="batchmean") * t * t
+                ce = (1 - cfg.distill_weight) * ce + cfg.distill_weight * kd
             loss = ce
             if cfg.center_lambda > 0:
                 lc = closs(feats, y)

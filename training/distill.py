@@ -1,0 +1,42 @@
+"""Teacher logits for distillation: a checkpoint's test-time-averaged logits on every FER-2013
+Training face, so a student can learn what the 12-view average knows from a single view.
+
+    python -m training.distill runs/s1_ema/best.pt --out runs/teacher_s1_ema.npy [--no-crops]
+    python -m training.train --out runs/s1_kd --init runs/s1_ema/best.pt --distill runs/teacher_s1_ema.npy ...
+
+The rows follow the training set's order as `training.train` loads it (FER-2013 split 0), so
+`--limit N` runs use the first N rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from training import data as D
+from training.model import load_checkpoint
+from training.train import predict_logits
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--crops", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--shared", default=None)
+    a = ap.parse_args(argv)
+    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
+    train = fer.subset(np.flatnonzero(fer.split == 0))
+    logits = predict_logits(load_checkpoint(a.checkpoint), train.faces48(), torch.device("cpu"), batch=512,
+                            flip=a.flip, crops=a.crops)
+    np.save(a.out, logits.astype(np.float32))
+    acc = float((logits.argmax(1) == train.labels).mean())
+    print(f"teacher logits {logits.shape} -> {a.out}; teacher accuracy on the training faces {acc:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
