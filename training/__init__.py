@@ -4,6 +4,9 @@ Run as modules from the repository root (data by path: --shared / $FER_SHARED / 
 
 - `python -m training.train --out runs/s1 --epochs 60`        stage 1: ImageNet -> FER-2013
 - `python -m training.experiments cv|cross ...`               stage 2: 5-fold CV on CK+ / JAFFE, cross-dataset
+- `python -m training.experiments rescore ...`                score saved CV fold models with other test-time views
+- `python -m training.tta_scan CKPT...`                       PublicTest accuracy with 1 / 2 / 6 / 12 views per face
+- `python -m training.distill CKPT --out T.npy`               teacher logits for `training.train --distill T.npy`
 - `python -m training.export CKPT OUT.onnx`                   ONNX export, checked against PyTorch
 - `python -m training.ship CKPT --command ... --device ...`   replace the package's default model + card
 - `python -m training.campaign --runs DIR`                    every run of docs/results.md, in parallel (GPU)
