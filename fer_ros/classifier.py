@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .preprocess import FACE_SIZE, normalize, tta_views
+from .preprocess import FACE_SIZE, normalize, tta_view_count, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class ExpressionClassifier:
     @property
     def views_per_face(self) -> int:
         """Images the network sees per face: 1, 2 (flip), 6 (crops) or 12 (both)."""
-        return (1 + 5 * self.crop_average) * (1 + self.flip_average)
+        return tta_view_count(crops=self.crop_average, flip=self.flip_average)
 
     def predict_logits(self, faces) -> np.ndarray:
         faces = check_faces(faces)

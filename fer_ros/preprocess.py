@@ -86,24 +86,34 @@ def normalize(faces: np.ndarray) -> np.ndarray:
 # Side of the five test-time crops (centre and corners): the middle of the 85-100% random crops
 # the model was trained on.
 TTA_CROP = 0.9
+# Where the test-time crops sit, as fractions of the slack (side - crop side) in x and y:
+# centre, then the four corners. Symmetric under mirroring (see tta_views).
+TTA_ANCHORS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+
+
+def tta_view_count(crops: bool = True, flip: bool = True) -> int:
+    """Views per face that tta_views makes: 1, 2 (flip), 6 (crops) or 12 (both)."""
+    return (1 + len(TTA_ANCHORS) * bool(crops)) * (1 + bool(flip))
 
 
 def tta_views(faces: np.ndarray, crops: bool = True, flip: bool = True, scale: float = TTA_CROP) -> np.ndarray:
     """The views of each face that test-time averaging classifies: the face itself; with
     crops=True also its centre and four corner crops of `scale` side, each resized back with
     `crop_face` (as the training crops were); with flip=True all of these mirrored too.
-    uint8 [N, H, W] -> [V, N, H, W] with V = 1, 2, 6 or 12. The set of views of a mirrored
+    uint8 [N, H, W] -> [tta_view_count(crops, flip), N, H, W]. The set of views of a mirrored
     face is the mirrored set, so averaging over them gives a face and its mirror image one answer."""
     faces = np.asarray(faces)
+    if len(faces) == 0:
+        return np.zeros((tta_view_count(crops, flip),) + faces.shape, np.uint8)
     views = [faces]
-    if crops and len(faces):
+    if crops:
         n, h, w = faces.shape
         cw, ch = scale * w, scale * h
-        for x0, y0 in (((w - cw) / 2, (h - ch) / 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)):
-            views.append(np.stack([crop_face(f, (x0, y0, cw, ch), 0.0, h) for f in faces]))
+        for ax, ay in TTA_ANCHORS:
+            views.append(np.stack([crop_face(f, (ax * (w - cw), ay * (h - ch), cw, ch), 0.0, h) for f in faces]))
     if flip:
         views += [v[:, :, ::-1] for v in views]
-    return np.stack(views) if len(faces) else np.zeros((len(views),) + faces.shape, np.uint8)
+    return np.stack(views)
 
 
 def preprocess(image: np.ndarray, boxes, margin: float = 0.0, size: int = FACE_SIZE) -> np.ndarray:

@@ -114,6 +114,9 @@ def test_crop_average_is_the_mean_over_five_crops_and_their_mirror_images(model_
     np.testing.assert_allclose(both.predict(x[:, :, ::-1]), both.predict(x), atol=1e-5)
     np.testing.assert_allclose(both.predict(x[2]), both.predict(x)[2:3], atol=1e-5)  # batch = one by one
     assert both.predict(x[:0]).shape == (0, 7)
+    for crops_, flip_, v in ((True, True, 12), (True, False, 6), (False, True, 2), (False, False, 1)):
+        assert tta_views(x, crops_, flip_).shape == (v, 5, 48, 48)
+        assert tta_views(x[:0], crops_, flip_).shape == (v, 0, 48, 48)  # the same views for no faces
 
 
 def test_bad_inputs_have_clear_errors(clf):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fer_ros.preprocess import tta_view_count
 from training import data as D
 from training.report import metrics, plot_confusion, plot_curves, write_json
 from training.train import TrainConfig, pick_device, predict_logits, train_model
@@ -120,7 +121,7 @@ def rescore_cv(fs: D.FaceSet, run, flip: bool, crops: bool, device: str = "cpu")
         model = load_checkpoint(run / f"fold{i}" / "final.pt").to(device)
         logits = predict_logits(model, fs.subset(test_idx).faces48(), torch.device(device), flip=flip, crops=crops)
         accs.append(float((logits.argmax(1) == fs.labels[test_idx]).mean()))
-    views = (1 + 5 * crops) * (1 + flip)
+    views = tta_view_count(crops=crops, flip=flip)
     out = {"run": str(run), "flip": flip, "crops": crops, "views_per_face": views, "fold_accuracy": accs,
            "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
            "trained_with": {k: r["config"].get(k) for k in ("eval_flip", "eval_crops")},

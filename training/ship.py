@@ -20,7 +20,7 @@ import numpy as np
 
 from fer_ros import LABELS
 from fer_ros.classifier import ExpressionClassifier
-from fer_ros.preprocess import normalize
+from fer_ros.preprocess import normalize, tta_view_count
 from training import data as D
 from training.export import compare, export_onnx
 from training.model import load_checkpoint
@@ -30,7 +30,7 @@ MODELS = Path(__file__).resolve().parents[1] / "fer_ros" / "models"
 # Test-time averaging settings scored on the card: (flip_average, crop_average); the last is
 # ExpressionClassifier's default.
 TTA = {"none": (False, False), "flip": (True, False), "crops": (False, True), "flip+crops": (True, True)}
-TTA_VIEWS = {"none": 1, "flip": 2, "crops": 6, "flip+crops": 12}
+TTA_VIEWS = {name: tta_view_count(crops=crops, flip=flip) for name, (flip, crops) in TTA.items()}
 TTA_NOTE = {"flip": " (classifier default)", "flip+crops": " (config/therapy.yaml)"}
 
 

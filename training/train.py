@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fer_ros import LABELS
-from fer_ros.preprocess import normalize, tta_views
+from fer_ros.preprocess import TTA_CROP, normalize, tta_view_count, tta_views
 from training import data as D
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
 from training.report import metrics, plot_confusion, plot_curves, write_json
@@ -147,22 +147,29 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
 
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
+def view_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False, crops: bool = False,
+                scale: float = TTA_CROP) -> np.ndarray:
+    """Logits [V, N, C] of every test-time view of uint8 faces (`preprocess.tta_views` order:
+    the face, its crops, then the mirror images of all of them)."""
+    model.eval()
+    out = []
+    for i in range(0, len(faces48), batch):
+        views = tta_views(faces48[i:i + batch], crops=crops, flip=flip, scale=scale)  # [V, n, 48, 48]
+        x = torch.from_numpy(normalize(views.reshape(-1, *views.shape[2:]))).to(device)
+        logits = torch.cat([model(x[j:j + batch]).float() for j in range(0, len(x), batch)])
+        out.append(logits.reshape(len(views), -1, logits.shape[1]).cpu())
+    if not out:
+        return np.zeros((tta_view_count(crops, flip), 0, model.num_classes), np.float32)
+    return torch.cat(out, dim=1).numpy()
+
+
 def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False,
                    with_plain: bool = False, crops: bool = False):
     """Logits for uint8 faces; flip/crops average them over the test-time views of each face
     (`preprocess.tta_views`, what ExpressionClassifier(flip_average, crop_average) computes).
     with_plain=True also returns the logits of the faces alone."""
-    model.eval()
-    out, plain = [], []
-    for i in range(0, len(faces48), batch):
-        views = tta_views(faces48[i:i + batch], crops=crops, flip=flip)  # [V, n, 48, 48]
-        x = torch.from_numpy(normalize(views.reshape(-1, *views.shape[2:]))).to(device)
-        logits = torch.cat([model(x[j:j + batch]).float() for j in range(0, len(x), batch)])
-        logits = logits.reshape(len(views), -1, logits.shape[1])
-        plain.append(logits[0].cpu())
-        out.append(logits.mean(0).cpu())
-    cat = (lambda xs: torch.cat(xs).numpy() if xs else np.zeros((0, model.num_classes), np.float32))
-    return (cat(out), cat(plain)) if with_plain else cat(out)
+    lg = view_logits(model, faces48, device, batch, flip=flip, crops=crops)
+    return (lg.mean(0), lg[0]) if with_plain else lg.mean(0)
 
 
 def evaluate(model, fs: D.FaceSet, device, class_names=None, flip: bool = False, with_plain: bool = False,

@@ -17,20 +17,9 @@ import argparse
 import numpy as np
 import torch
 
-from fer_ros.preprocess import normalize, tta_views
 from training import data as D
 from training.model import load_checkpoint
-
-
-@torch.no_grad()
-def view_logits(model, faces: np.ndarray, scale: float, batch: int = 512) -> np.ndarray:
-    """Logits [12, N, C] of the 12 views (face, 5 crops, then their mirror images)."""
-    out = []
-    for i in range(0, len(faces), batch):
-        v = tta_views(faces[i:i + batch], crops=True, flip=True, scale=scale)
-        x = torch.from_numpy(normalize(v.reshape(-1, *v.shape[2:])))
-        out.append(model(x).float().numpy().reshape(v.shape[0], v.shape[1], -1))
-    return np.concatenate(out, axis=1)
+from training.train import view_logits
 
 
 def main(argv=None) -> int:
@@ -48,7 +37,7 @@ def main(argv=None) -> int:
         model = load_checkpoint(path)
         print(path)
         for s in a.scales:
-            lg = view_logits(model, faces, s)
+            lg = view_logits(model, faces, torch.device("cpu"), 512, flip=True, crops=True, scale=s)
             accs = {k: float((lg[v].mean(0).argmax(1) == y).mean()) for k, v in sets.items()}
             print(f"  crop scale {s:.2f}: " + "  ".join(f"{k} views {acc:.2%}" for k, acc in accs.items()))
     return 0
