@@ -62,6 +62,30 @@ def test_augmented_training_runs_with_center_loss(small_fer, tmp_path):
     assert np.isfinite(r["history"][0]["train_loss"])
 
 
+def test_backbone_lr_mult_scales_only_the_backbone_step(small_fer, tmp_path):
+    """One SGD step (64 faces, batch 64): with backbone_lr_mult m the layers before the
+    classifier move by exactly m times their full-lr step (first step: no momentum yet),
+    while the classifier takes its full step."""
+    torch.set_num_threads(2)
+    train, _ = small_fer
+    one = train.subset(np.arange(64))
+    start, _ = train_model(one, None, _cfg(1, augment=False), out=tmp_path / "s1", quiet=True, select=False)
+    init = tmp_path / "s1" / "final.pt"
+    w0 = {k: v.clone() for k, v in start.state_dict().items()}
+    deltas = {}
+    for m in (1.0, 0.5, 0.0):
+        model, _ = train_model(one, None, _cfg(1, augment=False, init=str(init), backbone_lr_mult=m), quiet=True,
+                               select=False)
+        deltas[m] = {k: v - w0[k] for k, v in model.state_dict().items() if k.endswith("weight")}
+    conv = "features.0.weight"
+    assert deltas[1.0][conv].abs().max() > 0
+    torch.testing.assert_close(deltas[0.5][conv], 0.5 * deltas[1.0][conv], rtol=1e-3, atol=1e-6)
+    assert deltas[0.0][conv].abs().max() == 0
+    for m in (0.5, 0.0):  # the classifier's step does not depend on m
+        torch.testing.assert_close(deltas[m]["classifier.weight"], deltas[1.0]["classifier.weight"], rtol=1e-3,
+                                   atol=1e-6)
+
+
 @pytest.mark.slow
 def test_one_full_stage1_epoch_learns(tmp_path):
     """One epoch over all 28,709 FER-2013 training faces (about 40 s on 2 quiet CPU cores): the model

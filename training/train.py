@@ -86,6 +86,7 @@ class TrainConfig:
     eval_every: int = 1
     bn_recal: bool = False  # re-estimate BN statistics on the training faces before evaluating
     bn_recal_max: int = 5000  # ...after every epoch when the set is this small, else after the last
+    backbone_lr_mult: float = 1.0  # <1: layers before the classifier learn at this fraction of lr (stage 2)
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the paper's plain softmax loss)
     distill: str = ""  # .npy of teacher logits [N, C], one row per training face (training.distill)
     distill_weight: float = 0.5  # loss = (1-w) * CE + w * T^2 * KL(teacher_T || student_T)
@@ -273,11 +274,12 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     if getattr(model, "_init_centers", None) is not None:
         closs.centers.copy_(model._init_centers)
         del model._init_centers
-    decay, no_decay = [], []
+    groups = {}  # (weight decay?, classifier?) -> params: no weight decay on BN and biases
     for n, p in model.named_parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)  # no weight decay on BN and biases
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+        groups.setdefault((p.ndim > 1, n.startswith("classifier.")), []).append(p)
+    opt = torch.optim.SGD([{"params": ps, "weight_decay": cfg.weight_decay if wd else 0.0,
+                            "lr_mult": 1.0 if head else cfg.backbone_lr_mult}
+                           for (wd, head), ps in sorted(groups.items())], lr=cfg.lr, momentum=cfg.momentum)
     start, history, best = 0, [], {"val_acc": -1.0, "epoch": -1}
     best_state = None
     ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
@@ -317,7 +319,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         x_all = torch.from_numpy(faces).to(device)
         lr = lr_at(cfg, epoch)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_mult"]
         model.train()
         nb = len(perm) // cfg.batch + (1 if len(perm) % cfg.batch >= 2 else 0)
         steps = range(nb)
