@@ -149,3 +149,22 @@ def test_augment_rotation_and_erasing(fer):
     assert 0.35 < untouched < 0.65
     # reproducible from the generator's seed
     assert np.array_equal(rot, D.augment(imgs, np.random.default_rng(5), min_scale=1.0, flip=False, rotate=10.0))
+
+
+def test_last_frame_folds_train_on_all_three_frames_of_their_sequences():
+    from training.experiments import training_groups
+
+    p = need_shared("data", "ckplus48.npz")
+    small6, large6 = D.load_ckplus48(p, "small6"), D.load_ckplus48(p, "large6")
+    for test_idx in D.kfold(small6, 5, "random"):
+        train_idx = np.setdiff1d(np.arange(len(small6)), test_idx)
+        tr = training_groups(small6, train_idx, large6)
+        assert len(tr) == 3 * len(train_idx)  # three frames of every training sequence
+        assert not set(tr.group) & set(small6.group[test_idx])  # nothing from a tested sequence
+        seq_label = dict(zip(small6.group, small6.labels))
+        assert all(seq_label[g] == y for g, y in zip(tr.group, tr.labels))
+        # the last frames of the training sequences are among the training images
+        last = {small6.images[i].tobytes() for i in train_idx}
+        assert last <= {im.tobytes() for im in tr.images}
+    with pytest.raises(ValueError, match="classes"):
+        training_groups(small6, np.arange(10), D.load_ckplus48(p, "large7"))

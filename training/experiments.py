@@ -45,20 +45,34 @@ def load_dataset(name: str, shared=None) -> D.FaceSet:
     raise ValueError(f"unknown dataset {name!r}: use jaffe, ckplus:<setup> or fer2013")
 
 
+def training_groups(fs: D.FaceSet, train_idx, train_fs: D.FaceSet) -> D.FaceSet:
+    """The samples of `train_fs` from the groups (CK+ sequences) of fs[train_idx]: e.g. all
+    three last frames of the training sequences while the folds test on last frames only.
+    Both sets must come from the same file, so that group ids name the same sequences."""
+    if train_fs.group is None or fs.group is None:
+        raise ValueError("training on other frames needs group ids (CK+ sequences) in both sets")
+    if tuple(train_fs.class_names) != tuple(fs.class_names):
+        raise ValueError(f"training classes {train_fs.class_names} differ from the test classes {fs.class_names}")
+    return train_fs.subset(np.flatnonzero(np.isin(train_fs.group, fs.group[train_idx])))
+
+
 def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5, fold_seed: int = 0,
-           folds=None) -> dict:
-    """k-fold CV: train on k-1 folds, test the last-epoch model on the held-out fold."""
+           folds=None, train_fs: D.FaceSet | None = None) -> dict:
+    """k-fold CV: train on k-1 folds, test the last-epoch model on the held-out fold.
+    With `train_fs`, folds are still formed (and tested) on `fs`, but each fold trains on the
+    samples of `train_fs` from its training groups (training_groups)."""
     out = Path(out)
     per_fold, y_all, p_all = [], [], []
     for i, test_idx in enumerate(D.kfold(fs, k, by, fold_seed)):
         if folds is not None and i not in folds:
             continue
         train_idx = np.setdiff1d(np.arange(len(fs)), test_idx)
+        train = fs.subset(train_idx) if train_fs is None else training_groups(fs, train_idx, train_fs)
         fcfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
-        _, res = train_model(fs.subset(train_idx), fs.subset(test_idx), fcfg, out=out / f"fold{i}",
+        _, res = train_model(train, fs.subset(test_idx), fcfg, out=out / f"fold{i}",
                              quiet=True, select=False, save_last=False)
         m = res["val"]
-        per_fold.append({"fold": i, "n_train": len(train_idx), "n_test": len(test_idx), "accuracy": m["accuracy"],
+        per_fold.append({"fold": i, "n_train": len(train), "n_test": len(test_idx), "accuracy": m["accuracy"],
                          "macro_f1": m["macro_f1"],
                          "test_subjects": sorted(set(fs.subject[test_idx].tolist())) if by == "subject" else None})
         y_all.append(fs.labels[test_idx])
@@ -76,6 +90,7 @@ def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5,
     pooled = metrics(yt, yp, fs.class_names)
     accs = [f["accuracy"] for f in per_fold]
     res = {"kind": "cv", "by": by, "k": k, "fold_seed": fold_seed, "n": len(fs), "counts": fs.counts(),
+           "train_setup": train_fs.info.get("setup", train_fs.info.get("source")) if train_fs is not None else None,
            "class_names": list(fs.class_names), "config": asdict(cfg), "folds": per_fold,
            "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
            "pooled": pooled, "info": {k2: v for k2, v in fs.info.items() if k2 != "boxes"}}
@@ -148,6 +163,9 @@ def main(argv=None) -> int:
     cv.add_argument("--k", type=int, default=5)
     cv.add_argument("--fold-seed", type=int, default=0)
     cv.add_argument("--folds", type=int, nargs="*", default=None, help="run only these folds (smoke runs)")
+    cv.add_argument("--train-dataset", default=None,
+                    help="train each fold on this dataset's samples of the training sequences (e.g. ckplus:large6 "
+                         "with --dataset ckplus:small6: all three last frames, tested on last frames)")
     cr = sub.add_parser("cross", help="train on one dataset, test on another")
     cr.add_argument("--source", required=True)
     cr.add_argument("--target", required=True)
@@ -182,7 +200,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if a.cmd == "cv":
         fs = load_dataset(a.dataset, a.shared)
-        r = run_cv(fs, cfg, a.out, a.by, a.k, a.fold_seed, a.folds)
+        train_fs = load_dataset(a.train_dataset, a.shared) if a.train_dataset else None
+        r = run_cv(fs, cfg, a.out, a.by, a.k, a.fold_seed, a.folds, train_fs)
         if a.folds is not None:
             print(f"{a.dataset} {a.by}: folds {[(f['fold'], round(f['accuracy'], 4)) for f in r['folds']]} -> {a.out}")
             return 0
