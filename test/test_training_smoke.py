@@ -161,3 +161,18 @@ def test_distillation_follows_the_teacher_not_the_labels(small_fer, tmp_path):
     with pytest.raises(ValueError, match="teacher logits"):
         train_model(train, None, TrainConfig(**{**cfg.__dict__, "distill": str(tmp_path / "bad.npy")}),
                     out=None, quiet=True)
+
+
+def test_epoch_ceiling_reads_the_fold_histories(small_fer, tmp_path):
+    """experiments.epoch_ceiling: the last epoch's test accuracy is what run_cv reports per fold,
+    and the best epoch per fold is the maximum of each fold's history."""
+    from training.experiments import epoch_ceiling, run_cv
+
+    fs = small_fer[0].subset(np.arange(150))
+    r = run_cv(fs, _cfg(3, lr=0.05, augment=False), tmp_path / "cv", k=3)
+    c = epoch_ceiling(tmp_path / "cv")
+    assert c["folds"] == 3
+    assert c["last_epoch"] == pytest.approx(r["mean_accuracy"])
+    hist = [json.loads((tmp_path / "cv" / f"fold{i}" / "history.json").read_text()) for i in range(3)]
+    assert c["best_epoch_per_fold"] == pytest.approx(np.mean([max(h["val_acc"] for h in f) for f in hist]))
+    assert c["best_epoch_per_fold"] >= c["last_epoch"]

@@ -9,6 +9,8 @@
     python -m training.experiments cross --source jaffe --target ckplus:small6 --init runs/stage1/best.pt --out runs/cross/jaffe_to_ck
     # score finished CV runs' fold models again with 12-view test-time averaging (no retraining)
     python -m training.experiments rescore --dataset jaffe --flip --crops runs/cv/jaffe_2s_random
+    # how much choosing the epoch on the test folds would add (a ceiling, not a result)
+    python -m training.experiments ceiling runs/cv/jaffe_2s_random
 
 Datasets: `fer2013`, `jaffe`, `ckplus:<setup>` with setup in training.data.CK_SETUPS. Within a
 fold the model of the last epoch is tested (no selection on the test fold). Each run writes
@@ -145,6 +147,20 @@ def rescore_cv(fs: D.FaceSet, run, flip: bool, crops: bool, device: str = "cpu")
     return out
 
 
+def epoch_ceiling(run) -> dict:
+    """From a CV run's fold*/history.json: the mean test-fold accuracy of the last epoch (what the
+    run reports) and of the best epoch of each fold. The second picks epochs on the test folds, so
+    it is not a result: it bounds what any epoch-selection rule could reach with these models."""
+    run = Path(run)
+    hist = [json.loads(p.read_text()) for p in sorted(run.glob("fold*/history.json"))]
+    if not hist or any("val_acc" not in h[-1] for h in hist):
+        raise ValueError(f"{run}: no fold histories with test-fold accuracy")
+    last = [h[-1]["val_acc"] for h in hist]
+    best = [max(r["val_acc"] for r in h if "val_acc" in r) for h in hist]
+    return {"run": str(run), "folds": len(hist), "last_epoch": float(np.mean(last)),
+            "best_epoch_per_fold": float(np.mean(best))}
+
+
 def _cfg_from_args(a) -> TrainConfig:
     base = {**asdict(TrainConfig()), **STAGE2}
     for f in fields(TrainConfig):
@@ -188,7 +204,15 @@ def main(argv=None) -> int:
     rs.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     rs.add_argument("--crops", action=argparse.BooleanOptionalAction, default=True)
     rs.add_argument("runs", nargs="+", help="CV run directories (with result.json and fold*/final.pt)")
+    ce = sub.add_parser("ceiling", help="last-epoch accuracy vs the best epoch of each test fold (an upper bound)")
+    ce.add_argument("runs", nargs="+", help="CV run directories (with fold*/history.json)")
     a = ap.parse_args(argv)
+    if a.cmd == "ceiling":
+        for run in a.runs:
+            r = epoch_ceiling(run)
+            print(f"{run}: last epoch {r['last_epoch']:.4f}, best epoch per test fold {r['best_epoch_per_fold']:.4f}"
+                  f" ({r['folds']} folds)")
+        return 0
     if a.cmd == "rescore":
         fs = load_dataset(a.dataset, a.shared)
         for run in a.runs:
