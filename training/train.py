@@ -274,12 +274,16 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     if getattr(model, "_init_centers", None) is not None:
         closs.centers.copy_(model._init_centers)
         del model._init_centers
-    groups = {}  # (weight decay?, classifier?) -> params: no weight decay on BN and biases
+    # Parameter groups (weight decay?, classifier?): no weight decay on BN and biases; the classifier
+    # gets its own groups only with a backbone multiplier, so other runs keep the two groups (decay
+    # first) that older checkpoints' optimizer states were saved with, and still resume.
+    split_head = cfg.backbone_lr_mult != 1.0
+    groups = {}
     for n, p in model.named_parameters():
-        groups.setdefault((p.ndim > 1, n.startswith("classifier.")), []).append(p)
-    opt = torch.optim.SGD([{"params": ps, "weight_decay": cfg.weight_decay if wd else 0.0,
-                            "lr_mult": 1.0 if head else cfg.backbone_lr_mult}
-                           for (wd, head), ps in sorted(groups.items())], lr=cfg.lr, momentum=cfg.momentum)
+        groups.setdefault((p.ndim > 1, split_head and n.startswith("classifier.")), []).append(p)
+    opt = torch.optim.SGD([{"params": groups[k], "weight_decay": cfg.weight_decay if k[0] else 0.0,
+                            "lr_mult": 1.0 if k[1] else cfg.backbone_lr_mult}
+                           for k in sorted(groups, key=lambda k: (not k[0], k[1]))], lr=cfg.lr, momentum=cfg.momentum)
     start, history, best = 0, [], {"val_acc": -1.0, "epoch": -1}
     best_state = None
     ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
