@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 import torch
 
+from fer_ros.preprocess import tta_view_count
 from training import data as D
 from training.model import load_checkpoint
 from training.train import view_logits
@@ -31,8 +32,10 @@ def main(argv=None) -> int:
     fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
     test = fer.subset(np.flatnonzero(fer.split == 1))
     faces, y = test.faces48(), test.labels
-    # view indices in tta_views order: 0 face, 1-5 crops, 6 mirrored face, 7-11 mirrored crops
-    sets = {"1 (face)": [0], "2 (flip)": [0, 6], "6 (crops)": list(range(6)), "12 (flip+crops)": list(range(12))}
+    # view indices in tta_views order: the face and its crops (c views), then their mirror images
+    c = tta_view_count(crops=True, flip=False)
+    sets = {"1 (face)": [0], "2 (flip)": [0, c], f"{c} (crops)": list(range(c)),
+            f"{2 * c} (flip+crops)": list(range(2 * c))}
     for path in a.checkpoints:
         model = load_checkpoint(path)
         print(path)
