@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from fer_ros.classifier import ExpressionClassifier  # noqa: E402
 from fer_ros.detectors import HaarDetector, make_detector  # noqa: E402
 from fer_ros.pipeline import ExpressionPipeline  # noqa: E402
-from fer_ros.preprocess import crop_faces  # noqa: E402
+from fer_ros.preprocess import crop_faces, framing_for  # noqa: E402
 from training.data import shared_path as shared_dir  # noqa: E402
 
 
@@ -138,7 +138,7 @@ def main() -> int:
     def baseline(frame, _t):
         boxes = haar_full.detect(frame)
         for b in boxes:  # the paper classifies each face once, unmirrored
-            clf_plain.predict(crop_faces(frame, [b[:4]], 0.1))
+            clf_plain.predict(crop_faces(frame, [b[:4]], framing_for("haar")))
         return len(boxes)
 
     n_base = max(20, args.frames // 3)  # it is slow; fewer frames suffice for a stable median
@@ -157,7 +157,7 @@ def main() -> int:
 
     # Classifier alone: real face crops, tiled to the batch size.
     boxes = make_detector("haar", downscale_width=None).detect(four[0])
-    crops = crop_faces(four[0], boxes[:, :4], 0.1)
+    crops = crop_faces(four[0], boxes[:, :4], framing_for("haar"))
     models = [(args.model, clf), (f"{args.model} with flip_average=False", clf_plain),
               (f"{args.model} with crop_average=True (12 views)", clf_crops)]
     models += [(m, ExpressionClassifier(m, backend="onnxruntime", threads=args.threads)) for m in args.also_model]

@@ -30,7 +30,9 @@ def add_arguments(parser) -> None:
                         help="classifier backend (default: %(default)s)")
     parser.add_argument("--no-tracking", action="store_true", help="per-frame ids and raw scores")
     parser.add_argument("--smoothing", type=float, default=0.6, help="score EMA weight of the past, 0 = off (default: %(default)s)")
-    parser.add_argument("--margin", type=float, default=None, help="crop margin per side (default: the model's)")
+    parser.add_argument("--crop-scale", type=float, default=0.0,
+                        help="side of the square face crop in detector-box sides (default: 0, the framing "
+                             "measured for the detector, fer_ros.preprocess.FRAMINGS)")
     parser.add_argument("--max-faces", type=int, default=20, help="largest faces kept per frame (default: %(default)s)")
     parser.add_argument("--min-face-size", type=int, default=30, help="smallest face side in pixels (default: %(default)s)")
     parser.add_argument("--detect-interval", type=int, default=1,
@@ -162,11 +164,12 @@ def run(args) -> int:
         return _error("--detector yunet needs --detector-model PATH/face_detection_yunet_*.onnx")
 
     from .pipeline import ExpressionPipeline
+    from .preprocess import Framing
 
     detector_params = {"model": args.detector_model} if args.detector_model else None
     try:
         pipe = ExpressionPipeline(detector=args.detector, tracking=not args.no_tracking, smoothing=args.smoothing,
-                                  margin=args.margin, max_faces=args.max_faces, min_face_size=args.min_face_size,
+                                  framing=Framing(args.crop_scale) if args.crop_scale > 0 else None, max_faces=args.max_faces, min_face_size=args.min_face_size,
                                   detector_params=detector_params, model_path=args.model, backend=args.backend,
                                   detect_interval=args.detect_interval)
     except (FileNotFoundError, ValueError, TypeError) as exc:

@@ -74,8 +74,11 @@ PARAMS = [
           "config/therapy.yaml).", read_only=True),
     Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
           "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
-    Param("margin", -1.0, "Widen each face box by this fraction per side before cropping; -1: the "
-          "margin the model was trained with (its model card), else 0.1.", range=(-1.0, 1.0), read_only=True),
+    Param("crop_scale", 0.0, "Side of the square face crop in detector-box sides; 0: the framing measured "
+          "for the detector (fer_ros.preprocess.FRAMINGS), which matches the faces the model was trained on.",
+          range=(0.0, 3.0), read_only=True),
+    Param("crop_shift_y", 0.0, "With crop_scale > 0: move the crop down by this fraction of the box side.",
+          range=(-1.0, 1.0), read_only=True),
     Param("tracking", True, "Keep a stable face_id per person across frames (and smooth their scores); "
           "false: ids are 1..N per frame, raw scores.", read_only=True),
     Param("smoothing", 0.6, "Temporal smoothing of each tracked face's probabilities: weight of the past "
@@ -114,13 +117,15 @@ def build_pipeline(p: dict):
     if "downscale_width" in det_params:
         det_params["downscale_width"] = det_params["downscale_width"] or None
     from .classifier import ExpressionClassifier
+    from .preprocess import Framing
 
     classifier = ExpressionClassifier(p["model_path"] or None, backend=p["backend"],
                                       threads=p["classifier_threads"] or None, flip_average=p["flip_average"],
                                       crop_average=p["crop_average"])
     return ExpressionPipeline(
         detector=name, detector_params=det_params, classifier=classifier, detect_interval=p["detect_interval"],
-        async_scan=p["async_scan"], margin=None if p["margin"] < 0 else p["margin"], tracking=p["tracking"], smoothing=p["smoothing"],
+        async_scan=p["async_scan"], tracking=p["tracking"], smoothing=p["smoothing"],
+        framing=Framing(p["crop_scale"], 0.0, p["crop_shift_y"]) if p["crop_scale"] > 0 else None,
         max_faces=p["max_faces"], min_face_size=p["min_face_size"], iou_threshold=p["tracking.iou_threshold"],
         max_age_s=p["tracking.max_age_s"], max_age_frames=p["tracking.max_age_frames"])
 

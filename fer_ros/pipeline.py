@@ -11,24 +11,19 @@ ROS-free: the expression node wraps it.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import LABELS
 from .classifier import ExpressionClassifier
 from .detectors import make_detector
-from .preprocess import crop_faces
+from .preprocess import Framing, crop_faces, framing_for
 from .tracking import FaceTracker, iou_matrix
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MARGIN = 0.1
-
 
 @dataclass
 class FaceResult:
@@ -61,18 +56,6 @@ def stamp_seconds(stamp) -> float | None:
     return float(stamp)
 
 
-def model_card_margin(model_path) -> float | None:
-    """The crop margin the model was trained with, if its model card next to it says so."""
-    try:
-        card = json.loads((Path(model_path).parent / "model_card.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for holder in (card, card.get("preprocess", {}) if isinstance(card, dict) else {}):
-        if isinstance(holder, dict) and isinstance(holder.get("margin"), (int, float)):
-            return float(holder["margin"])
-    return None
-
-
 class ExpressionPipeline:
     """Faces and expressions in BGR (or gray/BGRA) frames.
 
@@ -82,8 +65,8 @@ class ExpressionPipeline:
         give model_path/backend to build one.
     tracking: stable ids and smoothing; off gives per-frame ids 1..K and raw scores.
     smoothing: EMA weight of the past for the scores (0 = raw).
-    margin: widen each box by this fraction per side before cropping (None: the model card's
-        training margin, else 0.1).
+    framing: how a detector box maps to the FER-2013-style square crop the model was trained
+        on (`preprocess.Framing`; None: the one measured for the detector, `FRAMINGS`).
     max_faces: keep the largest faces up to this many (None: all).
     min_face_size: ignore faces smaller than this (pixels, shorter side).
     iou_threshold, max_age_s, max_age_frames: tracker parameters (see FaceTracker).
@@ -101,7 +84,7 @@ class ExpressionPipeline:
     MAX_GAP_S = 0.5
 
     def __init__(self, detector="default", classifier: ExpressionClassifier | None = None,
-                 tracking: bool = True, smoothing: float = 0.6, margin: float | None = None,
+                 tracking: bool = True, smoothing: float = 0.6, framing: Framing | None = None,
                  max_faces: int | None = 20, min_face_size: int = 30, iou_threshold: float = 0.3,
                  max_age_s: float = 1.0, max_age_frames: int = 30, detector_params: dict | None = None,
                  model_path=None, backend: str = "auto", detect_interval: int = 5, async_scan: bool = False):
@@ -118,11 +101,9 @@ class ExpressionPipeline:
             raise TypeError("detector must be a name or an object with a detect(frame) method")
         self.detector = detector
         self.classifier = classifier or ExpressionClassifier(model_path, backend=backend)
-        if margin is None:
-            margin = model_card_margin(self.classifier.model_path)
-        self.margin = DEFAULT_MARGIN if margin is None else float(margin)
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.framing = framing or framing_for(getattr(detector, "name", None))
+        if not self.framing.scale > 0:
+            raise ValueError(f"the crop framing's scale must be > 0, got {self.framing.scale}")
         if detect_interval < 1:
             raise ValueError(f"detect_interval must be >= 1, got {detect_interval}")
         self.detect_interval = int(detect_interval)
@@ -234,7 +215,7 @@ class ExpressionPipeline:
         boxes = self.detect(frame, stamp).copy()
         boxes[:, :4] = np.round(boxes[:, :4])  # the reported integer box is exactly what is cropped
         t1 = time.perf_counter()
-        faces = crop_faces(frame, boxes[:, :4], self.margin)
+        faces = crop_faces(frame, boxes[:, :4], self.framing)
         probs = self.classifier.predict(faces)
         t2 = time.perf_counter()
         if self.tracker is not None:

@@ -1,12 +1,21 @@
 """The one preprocessing path shared by training and inference.
 
-grayscale -> crop a face box (optionally widened by a margin) -> resize to 48x48 uint8
-(`crop_faces`) -> scale to [-1, 1] float32 NCHW (`normalize`). Training calls
-`crop_faces` with jittered boxes for augmentation, so what the model sees at run time is
-produced by exactly the same code it was trained on.
+grayscale -> a square face crop framed like the FER-2013 training faces -> 48x48 uint8
+(`crop_square`, reached through `crop_framed` / `crop_faces`) -> scale to [-1, 1] float32
+NCHW (`normalize`).
+
+Framing: a detector's box does not frame a face the way FER-2013's crops do. `Framing`
+maps a box to the FER-2013 frame (side `scale` x the box side, centre moved by `dx`, `dy` box
+sides); the values per detector were measured by `python -m training.calibrate` and are kept in
+`FRAMINGS`. Training augments by jittering that same frame (scale, shift, rotation) and cropping
+with the same `crop_square`, so the crops a model sees at run time come from the code and the
+framing distribution it was trained on.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -64,12 +73,90 @@ def crop_face(gray: np.ndarray, box, margin: float = 0.0, size: int = FACE_SIZE)
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def crop_faces(image: np.ndarray, boxes, margin: float = 0.0, size: int = FACE_SIZE) -> np.ndarray:
-    """Grayscale `image`, crop every (x, y, w, h) box and resize: uint8 [N, size, size]."""
+@dataclass(frozen=True)
+class Framing:
+    """Where the FER-2013-style square crop sits relative to a detector box (x, y, w, h):
+    side = scale * sqrt(w * h); centre = box centre + (dx, dy) * sqrt(w * h)."""
+
+    scale: float = 1.0
+    dx: float = 0.0
+    dy: float = 0.0
+
+    def square(self, box) -> tuple[float, float, float]:
+        """(centre x, centre y, side) of the crop for one box."""
+        x, y, w, h = (float(v) for v in box[:4])
+        side = math.sqrt(max(w, 0.0) * max(h, 0.0))
+        return x + w / 2 + self.dx * side, y + h / 2 + self.dy * side, self.scale * side
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "dx": self.dx, "dy": self.dy}
+
+
+#: Crop framing per detector, measured by `python -m training.calibrate` (numbers and method in
+#: docs/results/crop_calibration.json; a test checks that these agree with it). "whole" is for
+#: inputs that already are FER-2013-style crops.
+FRAMINGS = {
+    "haar": Framing(1.06, 0.0, 0.01),
+    "yunet": Framing(1.15, 0.01, -0.01),
+    "whole": Framing(1.0, 0.0, 0.0),
+}
+
+
+def framing_for(detector_name: str | None) -> Framing:
+    """The measured framing for a detector name ("default" is Haar); identity when unknown."""
+    key = (detector_name or "default").lower()
+    key = "haar" if key == "default" else key
+    return FRAMINGS.get(key, Framing())
+
+
+def crop_square(gray: np.ndarray, cx: float, cy: float, side: float, size: int = FACE_SIZE,
+                angle: float = 0.0) -> np.ndarray:
+    """The square of `side` pixels centred on (cx, cy), rotated by `angle` degrees
+    (counter-clockwise), as a size x size uint8 image. Parts outside the image repeat its
+    border pixels, so a face at the frame's edge keeps its framing instead of being squashed.
+
+    Large regions are first shrunk with area averaging (no aliasing); the final
+    resampling is bilinear. Training augmentation and inference both crop with this."""
+    if side <= 0:
+        raise ValueError(f"crop side must be > 0, got {side}")
+    height, width = gray.shape[:2]
+    reach = side * (abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))) / 2 + 2
+    x0, y0 = int(math.floor(cx - reach)), int(math.floor(cy - reach))
+    x1, y1 = int(math.ceil(cx + reach)), int(math.ceil(cy + reach))
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise ValueError(f"face crop centred at ({cx:.0f}, {cy:.0f}) lies outside the {width}x{height} image")
+    roi = gray[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
+    pads = (max(-y0, 0), max(y1 - height, 0), max(-x0, 0), max(x1 - width, 0))
+    if any(pads):
+        roi = cv2.copyMakeBorder(roi, *pads, cv2.BORDER_REPLICATE)
+    f = 1.0
+    if side > 2 * size:  # shrink by area averaging to about twice the output first
+        f = (2 * size) / side
+        roi = cv2.resize(roi, (max(1, round(roi.shape[1] * f)), max(1, round(roi.shape[0] * f))),
+                         interpolation=cv2.INTER_AREA)
+        f = roi.shape[1] / float(x1 - x0)
+    # Map the roi to the output: rotate about the crop centre and scale side -> size, in
+    # pixel-centre coordinates (an edge coordinate e is the centre coordinate e - 0.5).
+    k = size / (side * f)
+    ccx, ccy = (cx - x0) * f - 0.5, (cy - y0) * f - 0.5
+    m = cv2.getRotationMatrix2D((ccx, ccy), angle, k)
+    m[0, 2] += size / 2 - 0.5 - ccx
+    m[1, 2] += size / 2 - 0.5 - ccy
+    return cv2.warpAffine(roi, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def crop_framed(gray: np.ndarray, box, framing: Framing = Framing(), size: int = FACE_SIZE) -> np.ndarray:
+    """Crop one detector box, framed like the training faces (see `Framing`): uint8 [size, size]."""
+    cx, cy, side = framing.square(box)
+    return crop_square(gray, cx, cy, side, size)
+
+
+def crop_faces(image: np.ndarray, boxes, framing: Framing = Framing(), size: int = FACE_SIZE) -> np.ndarray:
+    """Grayscale `image`, crop every (x, y, w, h) box with `framing` and resize: uint8 [N, size, size]."""
     gray = to_gray(image)
     out = np.empty((len(boxes), size, size), np.uint8)
     for i, box in enumerate(boxes):
-        out[i] = crop_face(gray, box, margin, size)
+        out[i] = crop_framed(gray, box, framing, size)
     return out
 
 
@@ -114,8 +201,3 @@ def tta_views(faces: np.ndarray, crops: bool = True, flip: bool = True, scale: f
     if flip:
         views += [v[:, :, ::-1] for v in views]
     return np.stack(views)
-
-
-def preprocess(image: np.ndarray, boxes, margin: float = 0.0, size: int = FACE_SIZE) -> np.ndarray:
-    """Full path from a frame and its face boxes to the model input float32 [N, 1, size, size]."""
-    return normalize(crop_faces(image, boxes, margin, size))

@@ -194,16 +194,16 @@ def test_fer2013_inference_path_equals_training_path(clf, monkeypatch):
     a, b = d["offsets"][0], d["offsets"][1]
     img = cv2.imdecode(d["jpeg"][a:b], cv2.IMREAD_GRAYSCALE)
     assert img.shape == (48, 48)
-    training_input = normalize(crop_faces(img, [(0, 0, 48, 48)], margin=0.0))
+    training_input = normalize(crop_faces(img, [(0, 0, 48, 48)]))
     seen = []
     real_logits = clf._impl.logits
     monkeypatch.setattr(clf._impl, "logits", lambda x: seen.append(x.copy()) or real_logits(x))
-    pipe = ExpressionPipeline(detector="whole", classifier=clf, tracking=False, margin=0.0, min_face_size=1)
+    pipe = ExpressionPipeline(detector="whole", classifier=clf, tracking=False, min_face_size=1)
     res = pipe.process(img)
     assert len(res) == 1 and res[0].box == (0, 0, 48, 48)
     np.testing.assert_array_equal(seen[0][:1], training_input)
     # the rest of the batch: the test-time views (crops, mirror images) of that same crop
-    views = tta_views(crop_faces(img, [(0, 0, 48, 48)], margin=0.0), clf.crop_average, clf.flip_average)
+    views = tta_views(crop_faces(img, [(0, 0, 48, 48)]), clf.crop_average, clf.flip_average)
     assert len(seen[0]) == len(views) == (1 + 5 * clf.crop_average) * (1 + clf.flip_average)
     np.testing.assert_array_equal(seen[0], normalize(views.reshape(-1, 48, 48)))
     assert training_input.min() >= -1.0 and training_input.max() <= 1.0

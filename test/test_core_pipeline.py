@@ -4,6 +4,7 @@ dozens of faces in one batch, timings."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ from conftest import need_shared
 from fer_ros import LABELS
 from fer_ros.classifier import ExpressionClassifier
 from fer_ros.pipeline import ExpressionPipeline, FaceResult
-from fer_ros.preprocess import crop_faces
+from fer_ros.preprocess import FRAMINGS, Framing, crop_faces
 from test_core_classifier import make_onnx_model
 from test_core_detectors import frames, read, scene_cut
 
@@ -100,7 +101,7 @@ def test_tracking_off_gives_raw_scores_and_per_frame_ids(clf):
     for _ in range(2):
         res = pipe.process(img)
         assert [r.face_id for r in res] == list(range(1, len(res) + 1))
-    raw = clf.predict(crop_faces(img, [r.box for r in res], pipe.margin))
+    raw = clf.predict(crop_faces(img, [r.box for r in res], pipe.framing))
     np.testing.assert_allclose(np.stack([r.scores for r in res]), raw, atol=1e-4)
 
 
@@ -143,7 +144,7 @@ def test_tiny_faces_are_ignored_not_crashed(clf):
 
 
 def test_bad_parameters(clf):
-    for kw in ({"max_faces": 0}, {"min_face_size": 0}, {"margin": -0.1}, {"detect_interval": 0}):
+    for kw in ({"max_faces": 0}, {"min_face_size": 0}, {"framing": Framing(0.0)}, {"detect_interval": 0}):
         with pytest.raises(ValueError):
             ExpressionPipeline(classifier=clf, **kw)
     with pytest.raises(ValueError, match="unknown detector"):
@@ -205,17 +206,12 @@ def test_full_scans_every_interval_and_after_a_loss_gap_or_resize(clf):
     assert ids == [3, 4]  # after the 2 s gap (> max_age_s) they count as new tracks
 
 
-def test_margin_comes_from_the_model_card(tmp_path):
-    model = make_onnx_model(tmp_path / "m.onnx")
-    clf = ExpressionClassifier(model, backend="onnxruntime")
-    assert ExpressionPipeline(classifier=clf).margin == 0.1  # no card: the default
-    (tmp_path / "model_card.json").write_text(json.dumps({"preprocess": {"margin": 0.05}}))
-    assert ExpressionPipeline(classifier=clf).margin == 0.05
-    (tmp_path / "model_card.json").write_text(json.dumps({"margin": 0.2}))
-    assert ExpressionPipeline(classifier=clf).margin == 0.2
-    assert ExpressionPipeline(classifier=clf, margin=0.0).margin == 0.0  # explicit wins
-    (tmp_path / "model_card.json").write_text("{broken")
-    assert ExpressionPipeline(classifier=clf).margin == 0.1
+def test_crop_framing_is_the_detectors_measured_one_unless_given(clf):
+    assert ExpressionPipeline(classifier=clf).framing == FRAMINGS["haar"]  # default detector: Haar
+    assert ExpressionPipeline(detector="whole", classifier=clf).framing == FRAMINGS["whole"]
+    own = Framing(1.3, 0.0, 0.05)
+    assert ExpressionPipeline(classifier=clf, framing=own).framing == own
+
 
 
 class SlowCloneableDetector(ScriptedDetector):
@@ -270,3 +266,11 @@ def test_async_scan_on_real_video(clf):
         ids |= {r.face_id for r in res}
     pipe.close()
     assert ids == {1} and max(counts) == 1 and np.mean(counts) >= 0.9
+
+
+def test_framings_are_the_measured_ones():
+    """fer_ros.preprocess.FRAMINGS holds what `python -m training.calibrate` measured and adopted."""
+    rec = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "crop_calibration.json").read_text())
+    for name, d in rec["detectors"].items():
+        f = FRAMINGS[name]
+        assert (f.scale, f.dx, f.dy) == pytest.approx((d["adopted"]["scale"], d["adopted"]["dx"], d["adopted"]["dy"]))

@@ -1,5 +1,6 @@
 """Dataset loaders return the counts documented in shared/README.md; folds and augmentation."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -168,3 +169,71 @@ def test_last_frame_folds_train_on_all_three_frames_of_their_sequences():
         assert last <= {im.tobytes() for im in tr.images}
     with pytest.raises(ValueError, match="classes"):
         training_groups(small6, np.arange(10), D.load_ckplus48(p, "large7"))
+
+
+def test_framing_jitter_off_gives_the_face_itself(fer):
+    imgs = fer.images[:32]
+    same = D.augment(imgs, np.random.default_rng(0), flip=False, jitter="framing", scale_range=(1.0, 1.0),
+                     shift=0.0)
+    assert np.array_equal(same, imgs)
+    with pytest.raises(ValueError, match="jitter"):
+        D.augment(imgs, np.random.default_rng(0), jitter="nope")
+
+
+def test_training_and_inference_crop_with_one_function(fer, monkeypatch):
+    """Training augmentation (every jitter mode), the pipeline and the JAFFE loader all cut faces
+    with fer_ros.preprocess.crop_square; the jitter modes draw the crops they promise."""
+    from fer_ros import preprocess as P
+    from fer_ros.pipeline import ExpressionPipeline
+
+    calls = []
+    real = P.crop_square
+
+    def spy(gray, cx, cy, side, size=48, angle=0.0):
+        calls.append((gray.shape, cx, cy, side, angle))
+        return real(gray, cx, cy, side, size, angle)
+
+    monkeypatch.setattr(P, "crop_square", spy)
+    imgs = fer.images[:400]
+    D.augment(imgs, np.random.default_rng(0), jitter="area")
+    sides = np.array([c[3] for c in calls]) / 48
+    assert len(calls) == 400 and sides.min() >= 0.85 - 1e-9 and sides.max() <= 1.0
+    assert abs((sides ** 2).mean() - (0.85 ** 2 + 1) / 2) < 0.01  # uniform in area, as the paper crops
+    calls.clear()
+    D.augment(imgs, np.random.default_rng(0), jitter="framing", scale_range=(0.8, 1.3), shift=0.1, rotate=10)
+    c = np.array([c[1:] for c in calls])
+    assert c[:, 2].min() >= 0.8 * 48 - 1e-6 and c[:, 2].max() <= 1.3 * 48 + 1e-6 and c[:, 2].max() > 1.2 * 48
+    assert np.abs(c[:, :2] - 24).max() <= 4.8 + 1e-6 and np.abs(c[:, 3]).max() <= 10
+    calls.clear()
+    img = np.full((240, 320), 90, np.uint8)
+    img[60:180, 100:220] = cv2.resize(fer.images[0], (120, 120))
+    box = np.array([[100, 60, 120, 120, 1.0]], np.float32)
+
+    class Fixed:  # a detector that finds the pasted face where it is
+        name = "haar"
+
+        def detect(self, frame):
+            return box
+
+    from fer_ros.classifier import ExpressionClassifier
+    pipe = ExpressionPipeline(detector=Fixed(), tracking=False,
+                              classifier=ExpressionClassifier(backend="onnxruntime", flip_average=False))
+    pipe.process(img)
+    f = P.FRAMINGS["haar"]
+    assert len(calls) == 1
+    np.testing.assert_allclose(calls[0][1:4], (160 + f.dx * 120, 120 + f.dy * 120, f.scale * 120))
+
+
+def test_crop_square_keeps_faces_at_the_edge_square():
+    img = np.zeros((100, 100), np.uint8)
+    img[:, 50:] = 200  # left half dark, right half bright
+    crop = P_crop(img, 0, 50, 40)  # centred on the left edge: half of it lies outside
+    assert crop.shape == (48, 48)
+    assert crop[:, :20].max() == 0  # the outside repeats the border (dark), nothing squashed in
+    full = P_crop(img, 50, 50, 100)
+    assert full[:, :22].max() == 0 and full[:, 26:].min() == 200  # the edge stays in the middle
+
+
+def P_crop(img, cx, cy, side):
+    from fer_ros.preprocess import crop_square
+    return crop_square(img, cx, cy, side)

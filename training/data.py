@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from fer_ros import LABELS
-from fer_ros.preprocess import FACE_SIZE, crop_face, crop_faces
+from fer_ros import preprocess as P
+from fer_ros.preprocess import FACE_SIZE, Framing, crop_face, crop_faces, framing_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,17 +137,20 @@ def detect_largest(detector, image) -> np.ndarray | None:
     return boxes[np.argmax(boxes[:, 2] * boxes[:, 3]), :4]
 
 
-def load_jaffe(path, detector: str = "haar", size: int = 96, margin: float = 0.0, **det_params) -> FaceSet:
+def load_jaffe(path, detector: str = "haar", size: int = 96, framing: Framing | None = None,
+               **det_params) -> FaceSet:
     """JAFFE: detect the face in every 256x256 image with fer_ros.detectors and crop it with
-    fer_ros.preprocess.crop_faces at `size` (96 keeps detail for the random-crop augmentation;
-    evaluation resizes the whole crop to 48x48 exactly as inference does). Images where no
-    face is found fall back to the central 60% (counted in info["undetected"])."""
+    fer_ros.preprocess.crop_faces, framed like FER-2013 (`framing`, default: the detector's
+    measured one), at `size` (96 keeps detail for the augmentation; evaluation resizes the
+    whole crop to 48x48 exactly as inference does). Images where no face is found fall back
+    to the central 60% (counted in info["undetected"])."""
     from fer_ros.detectors import make_detector
     d = np.load(path)
     if "faces" in d:  # pre-cropped by training.devcarry with this same function
         return FaceSet(d["faces"], d["labels"].astype(np.int64), LABELS, subject=d["subject"].astype(str),
                        info={"source": str(path), "detector": str(d["detector"]), "undetected": []})
     det = make_detector(detector, **det_params)
+    framing = framing or framing_for(detector)
     out, boxes, undetected = [], [], []
     for i, im in enumerate(d["images"]):
         box = detect_largest(det, im)
@@ -155,11 +159,12 @@ def load_jaffe(path, detector: str = "haar", size: int = 96, margin: float = 0.0
             box = np.array([0.2 * w, 0.2 * h, 0.6 * w, 0.6 * h], np.float32)
             undetected.append(str(d["filenames"][i]))
         boxes.append(box)
-        out.append(crop_faces(im, [box], margin=margin, size=size)[0])
+        out.append(crop_faces(im, [box], framing, size=size)[0])
     names = tuple(str(c) for c in d["class_names"])
     lut = np.array([LABELS.index(n) for n in names])
     return FaceSet(np.stack(out), lut[d["labels"]].astype(np.int64), LABELS, subject=d["subject"].astype(str),
-                   info={"source": str(path), "detector": detector, "boxes": np.array(boxes).tolist(),
+                   info={"source": str(path), "detector": detector, "framing": framing.to_dict(),
+                         "boxes": np.array(boxes).tolist(),
                          "undetected": undetected})
 
 
@@ -208,6 +213,7 @@ def load_ckplus_folder(root, setup: str = "small8", detector: str = "haar", size
     if not emo_root.is_dir() or not img_root.is_dir():
         raise FileNotFoundError(f"{root}: expected the CK+ folders 'Emotion' and 'cohn-kanade-images'")
     det = make_detector(detector, **det_params)
+    framing = framing_for(detector)
     imgs, labels, subj, group, undetected = [], [], [], [], 0
     for k, emo in enumerate(sorted(emo_root.glob("S*/*/*_emotion.txt"))):
         code = int(float(emo.read_text().split()[0]))
@@ -229,7 +235,7 @@ def load_ckplus_folder(root, setup: str = "small8", detector: str = "haar", size
                 undetected += 1
                 h, w = im.shape
                 box = (0.2 * w, 0.2 * h, 0.6 * w, 0.6 * h)
-            imgs.append(crop_faces(im, [box], size=size)[0])
+            imgs.append(crop_faces(im, [box], framing, size=size)[0])
             labels.append(classes.index(name))
             subj.append(emo.parent.parent.name)
             group.append(k)
@@ -276,35 +282,63 @@ def kfold(fs: FaceSet, k: int = 5, by: str = "random", seed: int = 0) -> list[np
 
 
 # ---------------------------------------------------------------- augmentation
+#: How training crops are placed (TrainConfig.jitter):
+#: "area": the paper's, a random crop of 85-100% of the face's area (min_scale**2 .. 1), anywhere inside it;
+#: "inside": 85-100% of the side (min_scale .. 1), anywhere inside (what runs before 3 Dec used);
+#: "framing": the FER-2013 frame jittered the way detector boxes vary: side scale log-uniform in
+#:     scale_range, centre shifted up to +-shift of the side in x and y, border pixels repeated
+#:     where the crop leaves the image (as at run time: fer_ros.preprocess.crop_square).
+JITTERS = ("area", "inside", "framing")
+
+
+def photometric(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gamma (0.7-1.4), contrast (x0.6-1.4 about mid-grey), brightness (+-30) and, with
+    probability 0.25, a Gaussian blur (sigma 0.4-1.2 px): the lighting and focus of a robot's camera."""
+    g = np.exp(rng.uniform(np.log(0.7), np.log(1.4)))
+    c, b = rng.uniform(0.6, 1.4), rng.uniform(-30, 30)
+    x = np.arange(256, dtype=np.float32) / 255.0
+    lut = np.clip(255.0 * x ** g * c + 128.0 * (1 - c) + b, 0, 255).astype(np.uint8)
+    out = cv2.LUT(face, lut)
+    if rng.random() < 0.25:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.2))
+    return out
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, min_scale: float = 0.85, flip: bool = True,
-            size: int = FACE_SIZE, rotate: float = 0.0, erase: float = 0.0) -> np.ndarray:
-    """Random crop of 85-100% of the face box (side), resized to 48x48 with the package's
-    `crop_face`, and a horizontal flip with probability 1/2. uint8 [N,H,W] -> [N,48,48].
+            size: int = FACE_SIZE, rotate: float = 0.0, erase: float = 0.0, jitter: str = "area",
+            scale_range=(0.85, 1.3), shift: float = 0.1, photo: bool = False) -> np.ndarray:
+    """Training views of uint8 faces [N,H,W] (each whole image is the face frame) -> [N,48,48]:
+    a crop placed per `jitter` (see JITTERS), cut and resized with the package's own
+    `crop_square`, and a horizontal flip with probability 1/2.
 
     Optional, off by default (the paper's augmentation is crop + flip):
-    rotate: rotate each face by a uniform angle in [-rotate, rotate] degrees about its centre
-        (edges replicated), for the head tilt FER-2013's aligned crops lack;
+    rotate: rotate each crop by a uniform angle in [-rotate, rotate] degrees about its centre;
     erase: with this probability, fill one random rectangle (2-33% of the face, aspect 0.3-3.3)
         with uniform noise (random erasing, Zhong et al. 2020), so that no single region
-        (the mouth, say) decides alone."""
+        (the mouth, say) decides alone;
+    photo: random lighting and blur (`photometric`)."""
+    if jitter not in JITTERS:
+        raise ValueError(f"jitter must be one of {JITTERS}, got {jitter!r}")
     n, h, w = images.shape
-    s = rng.uniform(min_scale, 1.0, n)
-    cw, ch = s * w, s * h
-    x0 = rng.uniform(0, 1, n) * (w - cw)
-    y0 = rng.uniform(0, 1, n) * (h - ch)
+    side0 = float(min(h, w))
+    if jitter == "framing":
+        lo, hi = scale_range
+        s = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+        cx = w / 2 + rng.uniform(-shift, shift, n) * side0
+        cy = h / 2 + rng.uniform(-shift, shift, n) * side0
+    else:
+        s = np.sqrt(rng.uniform(min_scale ** 2, 1.0, n)) if jitter == "area" else rng.uniform(min_scale, 1.0, n)
+        cx = s * side0 / 2 + rng.uniform(0, 1, n) * (w - s * side0)
+        cy = s * side0 / 2 + rng.uniform(0, 1, n) * (h - s * side0)
+    angles = rng.uniform(-rotate, rotate, n) if rotate > 0 else np.zeros(n)
     out = np.empty((n, size, size), np.uint8)
     for i in range(n):
-        out[i] = crop_face(images[i], (x0[i], y0[i], cw[i], ch[i]), 0.0, size)
+        out[i] = P.crop_square(images[i], cx[i], cy[i], s[i] * side0, size, angles[i])
+        if photo:
+            out[i] = photometric(out[i], rng)
     if flip:
         f = rng.random(n) < 0.5
         out[f] = out[f, :, ::-1]
-    if rotate > 0:
-        angles = rng.uniform(-rotate, rotate, n)
-        c = ((size - 1) / 2, (size - 1) / 2)
-        for i in range(n):
-            m = cv2.getRotationMatrix2D(c, float(angles[i]), 1.0)
-            out[i] = cv2.warpAffine(out[i], m, (size, size), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REPLICATE)
     if erase > 0:
         for i in np.flatnonzero(rng.random(n) < erase):
             area = rng.uniform(0.02, 1 / 3) * size * size

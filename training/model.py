@@ -36,6 +36,58 @@ def _ch(c: int, width: float) -> int:
     return int(c * width)
 
 
+class _DepthwiseMatmul(torch.autograd.Function):
+    """y[n,c] = M[c] @ x[n,c] for flattened maps, with the two gradients as plain einsums."""
+
+    @staticmethod
+    def forward(ctx, x, m):
+        ctx.save_for_backward(x, m)
+        return torch.einsum("cpq,ncq->ncp", m, x)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, m = ctx.saved_tensors
+        g = g.contiguous()
+        return torch.einsum("cpq,ncp->ncq", m, g), torch.einsum("ncp,ncq->cpq", g, x)
+
+
+class DepthwiseConv(nn.Conv2d):
+    """A 3x3 depthwise convolution (stride 1, padding 1). On a tiny map (2x2: the last block
+    on a 48x48 face) training computes it as one small matrix per channel: the same numbers,
+    but PyTorch's CPU depthwise backward takes about 5x longer there (bench/bench_train.py).
+    Inference and ONNX export use the ordinary convolution; the parameters are the same."""
+
+    SMALL = 4  # at most this many pixels per map
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, 1, 1, groups=channels, bias=False)
+        self._taps = {}
+
+    def _taps_for(self, h: int, w: int) -> torch.Tensor:
+        """[9, (h*w)^2] 0/1: which kernel tap links input pixel q to output pixel p."""
+        if (h, w) not in self._taps:
+            e = torch.zeros(9, (h * w) ** 2)
+            for i in range(h):
+                for j in range(w):
+                    for k in range(h):
+                        for m in range(w):
+                            a, b = k - i + 1, m - j + 1
+                            if 0 <= a < 3 and 0 <= b < 3:
+                                e[a * 3 + b, (i * w + j) * h * w + k * w + m] = 1.0
+            self._taps[(h, w)] = e
+        return self._taps[(h, w)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if (h * w > self.SMALL or not torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export()):
+            return super().forward(x)
+        p = h * w
+        m = (self.weight.reshape(c, 9) @ self._taps_for(h, w).to(x.device, x.dtype)).reshape(c, p, p)
+        y = _DepthwiseMatmul.apply(x.reshape(n, c, p).contiguous(), m)
+        return y.reshape(n, c, h, w).contiguous(memory_format=torch.channels_last)
+
+
 class MobileNetV1(nn.Module):
     """MobileNetV1(width) for [N, in_ch, 48, 48] inputs in [-1, 1]; returns logits [N, classes].
 
@@ -53,7 +105,8 @@ class MobileNetV1(nn.Module):
         for i, (c, s) in enumerate(BLOCKS):
             s = self.final_stride if i == len(BLOCKS) - 2 else s
             c = _ch(c, width)
-            layers += [nn.Conv2d(cin, cin, 3, s, 1, groups=cin, bias=False), _bn(cin), nn.ReLU6(inplace=True),
+            dw = DepthwiseConv(cin) if s == 1 else nn.Conv2d(cin, cin, 3, s, 1, groups=cin, bias=False)
+            layers += [dw, _bn(cin), nn.ReLU6(inplace=True),
                        nn.Conv2d(cin, c, 1, bias=False), _bn(c), nn.ReLU6(inplace=True)]
             cin = c
         self.features = nn.Sequential(*layers)
@@ -146,13 +199,20 @@ def build(config: dict) -> MobileNetV1:
     return MobileNetV1(**cfg)
 
 
-def save_checkpoint(path, model, **extra) -> None:
-    """Write {"config", "state_dict", "labels", **extra} atomically (tmp file + rename)."""
+def save_checkpoint(path, model, labels=None, **extra) -> None:
+    """Write {"config", "state_dict", "labels", **extra} atomically (tmp file + rename).
+    `labels`: the class of each classifier row (default: fer_ros.LABELS, for 7-class models only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if labels is None:
+        if model.num_classes != len(LABELS):
+            raise ValueError(f"a {model.num_classes}-class model needs its labels to be saved")
+        labels = LABELS
+    if len(labels) != model.num_classes:
+        raise ValueError(f"{len(labels)} labels for a {model.num_classes}-class model")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": model.config(), "state_dict": sd, "labels": list(LABELS), **extra}, tmp)
+    torch.save({"config": model.config(), "state_dict": sd, "labels": [str(c) for c in labels], **extra}, tmp)
     tmp.replace(path)
 
 

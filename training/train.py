@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +77,15 @@ class TrainConfig:
     dropout: float = 0.5
     min_scale: float = 0.85
     augment: bool = True
+    jitter: str = "area"  # crop placement, training.data.JITTERS: area (paper), inside, framing
+    scale_lo: float = 0.85  # jitter=framing: crop side range, in FER-2013 frame sides
+    scale_hi: float = 1.3
+    shift: float = 0.1  # jitter=framing: centre shift up to this fraction of the side
+    photo: bool = False  # random gamma, contrast, brightness and blur (training.data.photometric)
     rotate: float = 0.0  # >0: also rotate training faces by up to this many degrees
     erase: float = 0.0  # >0: random erasing of one rectangle with this probability
+    clip_grad: float = 0.0  # >0: clip the gradient's global norm to this
+    select: str = "best"  # stage-1 CLI: keep the epoch with the best validation accuracy, or the "last"
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
@@ -97,7 +104,6 @@ class TrainConfig:
     eval_crops: bool = False  # ... and of its five 90% crops (ExpressionClassifier's crop_average)
     max_seconds: float = 0.0  # >0: stop after the epoch that passes this wall time (cosine: fit epochs to it)
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -231,8 +237,9 @@ class WeightEMA:
 def _epoch_data(fs: D.FaceSet, cfg: TrainConfig, epoch: int):
     """(faces uint8 [N,48,48], labels, permutation) for one epoch, reproducible from seed+epoch."""
     rng = np.random.default_rng([cfg.seed, epoch])
-    faces = (D.augment(fs.images, rng, cfg.min_scale, rotate=cfg.rotate, erase=cfg.erase) if cfg.augment
-             else fs.faces48())
+    faces = (D.augment(fs.images, rng, cfg.min_scale, rotate=cfg.rotate, erase=cfg.erase, jitter=cfg.jitter,
+                       scale_range=(cfg.scale_lo, cfg.scale_hi), shift=cfg.shift, photo=cfg.photo)
+             if cfg.augment else fs.faces48())
     return faces, rng.permutation(len(fs))
 
 
@@ -355,6 +362,8 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                 loss = ce + cfg.center_lambda * lc
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             opt.step()
             if cfg.center_lambda > 0:
                 closs.update(feats, y, cfg.center_alpha)
@@ -389,7 +398,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                 best = {"val_acc": m["accuracy"], "epoch": epoch + 1, "metrics": m}
                 best_state = {k: v.detach().cpu().clone() for k, v in evalm.state_dict().items()}
                 if out is not None:
-                    save_checkpoint(out / "best.pt", evalm, centers=closs.centers.cpu(), epoch=epoch,
+                    save_checkpoint(out / "best.pt", evalm, labels=class_names, centers=closs.centers.cpu(), epoch=epoch,
                                     metrics=m, train_config=asdict(cfg))
         rec["epoch_s"] = time.time() - t0
         history.append(rec)
@@ -407,7 +416,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                  "".join(f" {k} {rec[k]:.4f}" for k in ("val_acc_noflip", "val_acc_raw") if k in rec), rec["epoch_s"])
         if out is not None and save_last:
             extra = {"ema_state_dict": {k: v.detach().cpu() for k, v in ema.model.state_dict().items()}} if ema else {}
-            save_checkpoint(out / "last.pt", model, optimizer=opt.state_dict(), centers=closs.centers.cpu(),
+            save_checkpoint(out / "last.pt", model, labels=class_names, optimizer=opt.state_dict(), centers=closs.centers.cpu(),
                             epoch=epoch, history=history, best=best, train_config=asdict(cfg), **extra)
         if out is not None:
             write_json(history, out / "history.json")
@@ -429,7 +438,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         result["val"] = m
         result["selected_epoch"] = best["epoch"] if select else len(history)
     if out is not None:
-        save_checkpoint(out / "final.pt", model, centers=closs.centers.cpu(), train_config=asdict(cfg),
+        save_checkpoint(out / "final.pt", model, labels=class_names, centers=closs.centers.cpu(), train_config=asdict(cfg),
                         metrics=result.get("val"))
         write_json(result, out / "result.json")
         if history:
@@ -450,7 +459,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--quiet", action="store_true")
     for f, v in asdict(TrainConfig()).items():
-        if f in ("shared", "extra", "progress"):
+        if f in ("shared", "progress"):
             continue
         if isinstance(v, bool):
             ap.add_argument(f"--{f.replace('_', '-')}", dest=f, action=argparse.BooleanOptionalAction, default=v)
@@ -466,7 +475,9 @@ def main(argv=None) -> int:
         train = train.subset(np.arange(min(a.limit, len(train))))
     if a.val_limit:
         val = val.subset(np.arange(min(a.val_limit, len(val))))
-    _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet)
+    if cfg.select not in ("best", "last"):
+        ap.error(f"--select must be best or last, got {cfg.select!r}")
+    _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet, select=cfg.select == "best")
     v = res["val"]
     print(f"PublicTest accuracy {v['accuracy']:.4f} macro F1 {v['macro_f1']:.4f} (epoch {res['selected_epoch']}); "
           f"{len(res['history'])} epochs; run dir {a.out}")
