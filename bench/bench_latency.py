@@ -74,10 +74,10 @@ def main() -> int:
 
     from fer_ros.msg import FaceExpressionArray
 
-    camera = [sys.executable, "-m", "fer_ros.camera_node", "--ros-args",
+    camera = [sys.executable, "-m", "fer_ros.ros.camera_node", "--ros-args",
               "-p", "source:=demo", "-p", f"rate:={args.rate}", "-p", f"width:={args.width}",
               "-p", f"height:={args.height}", "-p", f"demo_faces:={args.faces}"]
-    expression = [sys.executable, "-m", "fer_ros.expression_node", "--ros-args",
+    expression = [sys.executable, "-m", "fer_ros.ros.expression_node", "--ros-args",
                   "-p", f"backend:={args.backend}", "-p", f"detector:={args.detector}",
                   "-p", "publish_annotated:=false"]
     if args.params_file:

@@ -27,10 +27,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fer_ros.classifier import ExpressionClassifier  # noqa: E402
-from fer_ros.detectors import HaarDetector, make_detector  # noqa: E402
-from fer_ros.pipeline import ExpressionPipeline  # noqa: E402
-from fer_ros.preprocess import crop_faces, framing_for  # noqa: E402
+from fer_ros.perception.classifier import ExpressionClassifier  # noqa: E402
+from fer_ros.perception.detectors import HaarDetector, make_detector  # noqa: E402
+from fer_ros.perception.pipeline import ExpressionPipeline  # noqa: E402
+from fer_ros.perception.preprocess import crop_faces, framing_for  # noqa: E402
 from training.data import shared_path as shared_dir  # noqa: E402
 
 

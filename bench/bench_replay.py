@@ -22,7 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fer_ros import bag_cli, bags, evaluation  # noqa: E402
+from fer_ros.bags import cli as bag_cli  # noqa: E402
+from fer_ros.bags import evaluation  # noqa: E402
+from fer_ros.bags import rosbag as bags  # noqa: E402
 from training.data import shared_path  # noqa: E402
 
 

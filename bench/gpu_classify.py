@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> int:
     import torch
-    from fer_ros.preprocess import normalize
+    from fer_ros.perception.preprocess import normalize
     from training.model import MobileNetV1, load_checkpoint
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="training checkpoint (default: untrained width-0.75 net)")

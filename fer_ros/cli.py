@@ -12,10 +12,10 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "analyze": ("fer_ros.analyze", "detect faces and expressions in an image, video or folder"),
-    "build-engine": ("fer_ros.tensorrt_backend", "build a TensorRT engine from an ONNX model"),
-    "launch": ("fer_ros.launcher", "start the camera, expression and therapy nodes (no ros2 launch needed)"),
-    "bag": ("fer_ros.bag_cli", "record, make, replay and evaluate rosbags"),
+    "analyze": ("fer_ros.perception.analyze", "detect faces and expressions in an image, video or folder"),
+    "build-engine": ("fer_ros.perception.tensorrt_backend", "build a TensorRT engine from an ONNX model"),
+    "launch": ("fer_ros.ros.launcher", "start the camera, expression and therapy nodes (no ros2 launch needed)"),
+    "bag": ("fer_ros.bags.cli", "record, make, replay and evaluate rosbags"),
 }
 
 

@@ -2,7 +2,7 @@
 
 Starts camera_node, expression_node and therapy_node with config/therapy.yaml. The node set
 (executables, parameters set from arguments, remappings) is defined once in
-fer_ros/node_set.py, which `fer-ros launch therapy` uses too.
+fer_ros/ros/node_set.py, which `fer-ros launch therapy` uses too.
 Topics are remappable: image_topic:=..., expressions_topic:=..., annotated_topic:=...
 """
 
@@ -15,7 +15,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from fer_ros.node_set import CONFIG_NAME, LAUNCH_ARGUMENTS, NODES, PACKAGE, argument_defaults
+from fer_ros.ros.node_set import CONFIG_NAME, LAUNCH_ARGUMENTS, NODES, PACKAGE, argument_defaults
 
 
 def generate_launch_description():

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from fer_ros import LABELS, bags, evaluation
-from fer_ros.evaluation import Output
+from fer_ros import LABELS
+from fer_ros.bags import rosbag as bags
+from fer_ros.bags import evaluation
+from fer_ros.bags.evaluation import Output
 
 MS = 1_000_000
 

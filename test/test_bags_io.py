@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_ros import LABELS, bags
+from fer_ros import LABELS
+from fer_ros.bags import rosbag as bags
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_123_456_789

@@ -18,7 +18,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from fer_ros import bag_cli, bags  # noqa: E402
+from fer_ros.bags import cli as bag_cli  # noqa: E402
+from fer_ros.bags import rosbag as bags  # noqa: E402
 from fer_ros.msg import FaceExpression, FaceExpressionArray  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))

@@ -25,7 +25,10 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
 pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
 
-from fer_ros import LABELS, bag_cli, bags, evaluation  # noqa: E402
+from fer_ros import LABELS  # noqa: E402
+from fer_ros.bags import cli as bag_cli  # noqa: E402
+from fer_ros.bags import evaluation  # noqa: E402
+from fer_ros.bags import rosbag as bags  # noqa: E402
 
 from conftest import REPO, need_shared  # noqa: E402
 
@@ -40,7 +43,7 @@ def model(tmp_path_factory) -> str | None:
     """None (= the node's and the classifier's default, exactly what users get) when the package
     ships its model; else a small deterministic ONNX with the same interface ([N,1,48,48] ->
     logits [N,7]) whose predictions differ from image to image."""
-    from fer_ros.classifier import default_model_path
+    from fer_ros.perception.classifier import default_model_path
 
     if default_model_path().is_file():
         return None
@@ -68,7 +71,7 @@ def _direct(video: Path, labels: bags.LabelTrack, params: dict, stamps_s):
 
     `stamps_s` are the stamps the replay gave the frames: the pipeline's choices (full scan
     after a gap, track expiry) depend on them, so the same stamps give the same results."""
-    from fer_ros.expression_node import PARAMS, build_pipeline
+    from fer_ros.ros.expression_node import PARAMS, build_pipeline
 
     p = {q.name: q.default for q in PARAMS}
     p.update(params)
@@ -173,7 +176,7 @@ def _fer_agreement(model, tmp_path, limit):
     npz = shared / "data" / "fer2013.npz"
     if not npz.exists():
         pytest.skip(f"{npz} missing")
-    from fer_ros.classifier import ExpressionClassifier
+    from fer_ros.perception.classifier import ExpressionClassifier
 
     images, labels = bags.load_fer2013(npz, "PublicTest")
     images, labels = images[:limit], labels[:limit]

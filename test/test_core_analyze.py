@@ -103,8 +103,8 @@ def test_user_mistakes_give_a_message_not_a_traceback(model, tmp_path):
 
 
 def test_draw_results_returns_an_annotated_bgr_copy():
-    from fer_ros.annotate import COLORS, draw_results
-    from fer_ros.pipeline import FaceResult
+    from fer_ros.perception.annotate import COLORS, draw_results
+    from fer_ros.perception.pipeline import FaceResult
 
     scores = np.array([0.05, 0.05, 0.05, 0.7, 0.05, 0.05, 0.05], np.float32)
     r = FaceResult(7, (40, 60, 100, 100), "happy", 0.7, scores, 0.9)

@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import need_shared
 from fer_ros import LABELS
-from fer_ros.classifier import ExpressionClassifier, default_model_path
-from fer_ros.preprocess import crop_face, crop_faces, normalize, tta_views
+from fer_ros.perception.classifier import ExpressionClassifier, default_model_path
+from fer_ros.perception.preprocess import crop_face, crop_faces, normalize, tta_views
 
 
 def make_onnx_model(path, seed: int = 0, in_shape=("N", 1, 48, 48), n_out: int = 7):
@@ -146,7 +146,7 @@ def test_missing_and_corrupt_model(tmp_path):
 
 
 def test_tensorrt_request_falls_back_to_onnxruntime(model_path, monkeypatch, caplog):
-    import fer_ros.tensorrt_backend as trtb
+    import fer_ros.perception.tensorrt_backend as trtb
 
     def broken(*a, **k):
         raise RuntimeError("engine built for another GPU")
@@ -188,7 +188,7 @@ def test_torch_backend_matches_onnx_export(tmp_path):
 def test_fer2013_inference_path_equals_training_path(clf, monkeypatch):
     """A FER-2013 48x48 image fed through the inference path (pipeline, `whole` detector)
     reaches the network exactly as the training path (crop_faces + normalize) produces it."""
-    from fer_ros.pipeline import ExpressionPipeline
+    from fer_ros.perception.pipeline import ExpressionPipeline
 
     d = np.load(need_shared("data", "fer2013.npz"))
     a, b = d["offsets"][0], d["offsets"][1]
@@ -212,7 +212,7 @@ def test_fer2013_inference_path_equals_training_path(clf, monkeypatch):
 
 def test_real_model_recognises_clear_expressions():
     """The shipped model on two unambiguous photos (a surprised and a happy face)."""
-    from fer_ros.pipeline import ExpressionPipeline
+    from fer_ros.perception.pipeline import ExpressionPipeline
 
     pipe = ExpressionPipeline(classifier=real_model(), tracking=False)
     for name, expected in (("0-f1-su-ph.jpg", "surprise"), ("0-f15-hao-ph.jpg", "happy")):
@@ -263,7 +263,7 @@ def test_torch_backend_rejects_a_non_model(tmp_path):
 def test_int8_quantized_copy_keeps_the_contract_and_the_answers(tmp_path):
     """quantize_int8 on a small conv net: same I/O contract, probabilities close to FP32."""
     torch = pytest.importorskip("torch")
-    from fer_ros.classifier import quantize_int8
+    from fer_ros.perception.classifier import quantize_int8
 
     d = np.load(need_shared("data", "fer2013.npz"))
     off, jpeg = d["offsets"], d["jpeg"]  # read each npz member once (every access decompresses it)
@@ -288,7 +288,7 @@ def test_int8_quantized_copy_keeps_the_contract_and_the_answers(tmp_path):
 def test_shipped_int8_copy_agrees_with_the_fp32_model():
     """If the package ships an INT8 copy (used on CPU by default), it must be as accurate as
     the FP32 model (within 1 point) and mostly give the same answers on real faces."""
-    from fer_ros.classifier import default_int8_model_path
+    from fer_ros.perception.classifier import default_int8_model_path
 
     real_model()  # skips while the trained model is missing
     if not default_int8_model_path().is_file():
@@ -313,7 +313,7 @@ def test_shipped_int8_copy_was_made_from_the_shipped_model():
     import hashlib
     import json
 
-    from fer_ros.classifier import default_int8_model_path
+    from fer_ros.perception.classifier import default_int8_model_path
 
     if not default_int8_model_path().is_file():
         pytest.skip(f"no INT8 copy shipped at {default_int8_model_path()}")

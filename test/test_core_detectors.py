@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import need_shared
-from fer_ros.detectors import HaarDetector, make_detector
+from fer_ros.perception.detectors import HaarDetector, make_detector
 
 YUNET = ("models", "face_detection_yunet_2026may.onnx")
 

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import need_shared
 from fer_ros import LABELS
-from fer_ros.classifier import ExpressionClassifier
-from fer_ros.pipeline import ExpressionPipeline, FaceResult
-from fer_ros.preprocess import FRAMINGS, Framing, crop_faces
+from fer_ros.perception.classifier import ExpressionClassifier
+from fer_ros.perception.pipeline import ExpressionPipeline, FaceResult
+from fer_ros.perception.preprocess import FRAMINGS, Framing, crop_faces
 from test_core_classifier import make_onnx_model
 from test_core_detectors import frames, read, scene_cut
 
@@ -269,7 +269,7 @@ def test_async_scan_on_real_video(clf):
 
 
 def test_framings_are_the_measured_ones():
-    """fer_ros.preprocess.FRAMINGS holds what `python -m training.calibrate` measured and adopted."""
+    """fer_ros.perception.preprocess.FRAMINGS holds what `python -m training.calibrate` measured and adopted."""
     rec = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "crop_calibration.json").read_text())
     for name, d in rec["detectors"].items():
         f = FRAMINGS[name]

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from fer_ros import tensorrt_backend as trtb
-from fer_ros.classifier import ExpressionClassifier
+from fer_ros.perception import tensorrt_backend as trtb
+from fer_ros.perception.classifier import ExpressionClassifier
 from fer_ros.cli import main as cli_main
 from test_core_classifier import faces, make_onnx_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_ros.tracking import FaceTracker, iou_matrix
+from fer_ros.perception.tracking import FaceTracker, iou_matrix
 
 HAPPY = np.array([0.02, 0.01, 0.02, 0.85, 0.03, 0.02, 0.05])
 SAD = np.array([0.05, 0.02, 0.08, 0.02, 0.75, 0.03, 0.05])

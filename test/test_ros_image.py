@@ -1,4 +1,4 @@
-"""sensor_msgs/Image <-> numpy conversions (fer_ros.ros_image), including padded rows and
+"""sensor_msgs/Image <-> numpy conversions (fer_ros.ros.image), including padded rows and
 the malformed messages the expression node must reject with a clear error."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ pytest.importorskip("sensor_msgs.msg", reason="ROS 2 messages not installed (run
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from fer_ros.ros_image import bgr_to_image_msg, image_msg_to_array, image_msg_to_bgr  # noqa: E402
+from fer_ros.ros.image import bgr_to_image_msg, image_msg_to_array, image_msg_to_bgr  # noqa: E402
 
 RNG = np.random.default_rng(7)
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, shared_dir
 
-from fer_ros import node_set
+from fer_ros.ros import node_set
 
 LAUNCH_FILE = REPO / "launch" / "therapy.launch.py"
 
@@ -97,7 +97,7 @@ def launch_file_plan(description, overrides):
 
 def launcher_plan(config, overrides):
     """The same, parsed from the argv that `fer-ros launch therapy` runs."""
-    from fer_ros import launcher
+    from fer_ros.ros import launcher
 
     values = {**node_set.argument_defaults(config), **overrides}
     plan = {}
@@ -147,7 +147,8 @@ def test_every_node_module_has_main_and_the_yaml_names_declared_parameters():
     (a typo there would otherwise be silently ignored by ROS)."""
     import importlib
 
-    from fer_ros import camera_node, expression_node
+    from fer_ros.ros import camera_node
+    from fer_ros.ros import expression_node
 
     for spec in node_set.NODES:
         if importlib.util.find_spec(spec.module) is not None:
@@ -170,7 +171,7 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--nodes", "camera_node,expression_node",
            "--duration", "12", "--record", "--output", str(out), "--backend", "onnxruntime"]
-    from fer_ros.classifier import default_model_path
+    from fer_ros.perception.classifier import default_model_path
 
     if not default_model_path().is_file():
         from test_ros_nodes import model_for_tests

@@ -30,7 +30,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from fer_ros import LABELS  # noqa: E402
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
-from fer_ros.ros_image import bgr_to_image_msg  # noqa: E402
+from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
 
 from conftest import REPO, need_shared  # noqa: E402
 
@@ -42,7 +42,7 @@ os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 def model_for_tests(tmp_dir: Path) -> str:
     """The shipped model when present; else a small deterministic ONNX with the same
     interface ([N,1,48,48] -> logits [N,7]), since these tests check plumbing, not accuracy."""
-    from fer_ros.classifier import default_model_path
+    from fer_ros.perception.classifier import default_model_path
 
     if default_model_path().is_file():
         return str(default_model_path())
@@ -80,7 +80,7 @@ def ros():
 def node_under_test(ros, tmp_path_factory):
     """An in-process expression_node (real subscription + worker thread) with YuNet, plus a
     client node that publishes images and collects results."""
-    from fer_ros.expression_node import ExpressionNode
+    from fer_ros.ros.expression_node import ExpressionNode
 
     context, executor = ros
     yunet = need_shared("models", "face_detection_yunet_2026may.onnx")
@@ -234,7 +234,7 @@ def test_newest_frame_only_drops_stale_frames(node_under_test):
 def node_command(executable: str) -> list[str]:
     """The installed executable when on PATH (make build), else the module."""
     exe = shutil.which(executable, path=str(Path(sys.executable).parent))
-    module = {"camera_node": "fer_ros.camera_node", "expression_node": "fer_ros.expression_node"}[executable]
+    module = {"camera_node": "fer_ros.ros.camera_node", "expression_node": "fer_ros.ros.expression_node"}[executable]
     return [exe] if exe else [sys.executable, "-m", module]
 
 
@@ -299,7 +299,7 @@ def test_lost_or_missing_camera_is_reported_and_retried_not_a_crash():
 def test_camera_diagnostics_report_a_missing_camera(ros):
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    from fer_ros.camera_node import CameraNode
+    from fer_ros.ros.camera_node import CameraNode
 
     context, _ = ros
     node = CameraNode(parameter_overrides=[rclpy.parameter.Parameter("source", value="/dev/video98")],
@@ -315,8 +315,8 @@ def test_camera_diagnostics_report_a_missing_camera(ros):
 def test_demo_source_shows_real_faces(faces):
     """The demo frames (no camera, no download) are 640x480 and the default detector finds
     exactly the faces composed into them, as the frames move."""
-    from fer_ros.camera_node import DemoSource
-    from fer_ros.detectors import make_detector
+    from fer_ros.ros.camera_node import DemoSource
+    from fer_ros.perception.detectors import make_detector
 
     demo, detector = DemoSource(faces=faces), make_detector("default")
     counts = []
@@ -330,7 +330,7 @@ def test_demo_source_shows_real_faces(faces):
 
 def test_whole_image_mode_for_pre_cropped_faces(ros, tmp_path):
     """detector 'whole': a 48x48 mono8 face crop (FER-2013 style) is one face filling the image."""
-    from fer_ros.expression_node import ExpressionNode
+    from fer_ros.ros.expression_node import ExpressionNode
 
     context, _ = ros
     node = ExpressionNode(params={"detector": "whole", "backend": "onnxruntime",
@@ -350,8 +350,8 @@ def test_whole_image_mode_for_pre_cropped_faces(ros, tmp_path):
 def test_test_time_averaging_parameters_reach_the_classifier(ros, tmp_path):
     """flip_average / crop_average set the views the classifier averages (2 by default, 12 with
     both, as config/therapy.yaml sets them), and diagnostics report it."""
-    from fer_ros.expression_node import ExpressionNode
-    from fer_ros.node_set import load_config
+    from fer_ros.ros.expression_node import ExpressionNode
+    from fer_ros.ros.node_set import load_config
 
     context, _ = ros
     therapy = load_config(REPO / "config" / "therapy.yaml")["expression_node"]
@@ -376,7 +376,7 @@ def test_test_time_averaging_parameters_reach_the_classifier(ros, tmp_path):
     ({"backend": "quantum"}, "quantum"),
 ])
 def test_bad_parameters_fail_at_start_with_a_clear_error(ros, params, message):
-    from fer_ros.expression_node import ExpressionNode
+    from fer_ros.ros.expression_node import ExpressionNode
 
     context, _ = ros
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -410,7 +410,7 @@ def test_diagnostics_are_published(ros, node_under_test):
 def test_camera_rate_zero_uses_the_video_files_own_rate(ros):
     from rclpy.parameter import Parameter
 
-    from fer_ros.camera_node import CameraNode
+    from fer_ros.ros.camera_node import CameraNode
 
     context, _ = ros
     video = need_shared("media", "no_face.mp4")
@@ -427,7 +427,7 @@ def test_camera_rate_zero_uses_the_video_files_own_rate(ros):
 def test_async_scan_node_tracks_a_video_face_and_stops_its_scan_thread(ros, tmp_path):
     """async_scan: full scans run beside the frames; the one face of single_face.mp4 is found in
     (nearly) every frame under one id, and destroy_node stops the background scanner."""
-    from fer_ros.expression_node import ExpressionNode
+    from fer_ros.ros.expression_node import ExpressionNode
 
     context, _ = ros
     node = ExpressionNode(params={"backend": "onnxruntime", "model_path": model_for_tests(tmp_path),
@@ -456,7 +456,7 @@ def test_async_scan_node_tracks_a_video_face_and_stops_its_scan_thread(ros, tmp_
 
 def test_every_expression_node_parameter_is_documented():
     """docs/ros.md's parameter table names every declared parameter of the expression node."""
-    from fer_ros.expression_node import PARAMS
+    from fer_ros.ros.expression_node import PARAMS
 
     doc = (REPO / "docs" / "ros.md").read_text()
     missing = [p.name for p in PARAMS if f"`{p.name}`" not in doc]

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-from fer_ros import node_set
+from fer_ros.ros import node_set
 
 ROS_MODULES = {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "std_srvs", "rcl_interfaces",
                "ament_index_python", "builtin_interfaces", "launch", "launch_ros"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fer_ros import LABELS
-from fer_ros.session_log import SessionLog, read_events
-from fer_ros.therapy import (Face, Observation, TherapyConfig, TherapySession, normalize_answer, plan_trials,
+from fer_ros.therapy.log import SessionLog, read_events
+from fer_ros.therapy.session import (Face, Observation, TherapyConfig, TherapySession, normalize_answer, plan_trials,
                              select_child)
 
 DT = 0.1
@@ -456,7 +456,7 @@ def test_shipped_config_is_a_short_demo_session_that_completes():
     every stage, no pause, in well under a minute of session time."""
     import yaml
 
-    from fer_ros.therapy_node import SESSION_PARAMS, PARAMS
+    from fer_ros.ros.therapy_node import SESSION_PARAMS, PARAMS
 
     with open(REPO / "config" / "therapy.yaml") as f:
         section = yaml.safe_load(f)["therapy_node"]["ros__parameters"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_ros import session_log
-from fer_ros.session_log import SessionLog, read_events, write_reports
+from fer_ros.therapy import log as session_log
+from fer_ros.therapy.log import SessionLog, read_events, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,8 @@ def test_cut_last_line_is_skipped_but_corruption_inside_is_an_error(tmp_path):
 # A session fed in a tight loop with synthetic time; killed from outside mid-session.
 _CHILD = r"""
 import sys, time
-from fer_ros.session_log import SessionLog
-from fer_ros.therapy import Face, Observation, TherapyConfig, TherapySession
+from fer_ros.therapy.log import SessionLog
+from fer_ros.therapy.session import Face, Observation, TherapyConfig, TherapySession
 # practice waits (nearly) forever for a card, so the session is always cut mid-way
 cfg = TherapyConfig(emotions=["happy", "sad"], intro_seconds=1.0, teaching_timeout=1.0, practice_timeout=1e6,
                     feedback_seconds=0.2, hold_seconds=0.3, timeline_rate=10.0)

@@ -23,8 +23,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from fer_ros import LABELS  # noqa: E402
 from fer_ros.msg import FaceExpression, FaceExpressionArray, TherapyState  # noqa: E402
-from fer_ros.session_log import read_events  # noqa: E402
-from fer_ros.therapy_node import TherapyNode  # noqa: E402
+from fer_ros.therapy.log import read_events  # noqa: E402
+from fer_ros.ros.therapy_node import TherapyNode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -186,7 +186,7 @@ def test_node_face_lost_alert_and_bad_settings(ctx, tmp_path):
 
 def test_bad_config_exits_with_a_clear_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), ROS_DOMAIN_ID=str(DOMAIN))
-    proc = subprocess.run([sys.executable, "-m", "fer_ros.therapy_node", "--ros-args", "-p", "order:=sideways",
+    proc = subprocess.run([sys.executable, "-m", "fer_ros.ros.therapy_node", "--ros-args", "-p", "order:=sideways",
                            "-p", f"log_dir:={tmp_path}"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "order must be one of" in proc.stderr
 
@@ -195,7 +195,7 @@ def test_sigkill_node_mid_session_keeps_log(ctx, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), ROS_DOMAIN_ID=str(DOMAIN))
     args = dict(auto_start="true", log_dir=str(tmp_path), intro_seconds="0.3", feedback_seconds="0.2",
                 hold_seconds="0.3", practice_timeout="1000.0", timeline_rate="10.0", emotions="[happy]")
-    cmd = [sys.executable, "-m", "fer_ros.therapy_node", "--ros-args"]
+    cmd = [sys.executable, "-m", "fer_ros.ros.therapy_node", "--ros-args"]
     for k, v in args.items():
         cmd += ["-p", f"{k}:={v}"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -236,7 +236,7 @@ def test_sigkill_node_mid_session_keeps_log(ctx, tmp_path):
 
 
 def test_docs_list_every_parameter():
-    from fer_ros.therapy_node import PARAMS
+    from fer_ros.ros.therapy_node import PARAMS
 
     doc = (REPO / "docs" / "therapy.md").read_text()
     missing = [p.name for p in PARAMS if f"| `{p.name}` |" not in doc]
@@ -260,7 +260,7 @@ def test_auto_start_waits_for_a_running_clock(ctx, tmp_path):
 def test_reports_of_a_finished_session_are_rewritten_at_shutdown(ctx, tmp_path, monkeypatch):
     """If writing the end-of-session reports is cut short (Ctrl-C while plotting, a full
     disk for a moment), shutting the node down writes them from the complete events file."""
-    from fer_ros import session_log
+    from fer_ros.therapy import log as session_log
 
     def fail(self, plot=True):
         self._file.close()

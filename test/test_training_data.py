@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import need_shared
-from fer_ros.preprocess import crop_face
+from fer_ros.perception.preprocess import crop_face
 from training import data as D
 
 
@@ -182,9 +182,9 @@ def test_framing_jitter_off_gives_the_face_itself(fer):
 
 def test_training_and_inference_crop_with_one_function(fer, monkeypatch):
     """Training augmentation (every jitter mode), the pipeline and the JAFFE loader all cut faces
-    with fer_ros.preprocess.crop_square; the jitter modes draw the crops they promise."""
-    from fer_ros import preprocess as P
-    from fer_ros.pipeline import ExpressionPipeline
+    with fer_ros.perception.preprocess.crop_square; the jitter modes draw the crops they promise."""
+    from fer_ros.perception import preprocess as P
+    from fer_ros.perception.pipeline import ExpressionPipeline
 
     calls = []
     real = P.crop_square
@@ -215,7 +215,7 @@ def test_training_and_inference_crop_with_one_function(fer, monkeypatch):
         def detect(self, frame):
             return box
 
-    from fer_ros.classifier import ExpressionClassifier
+    from fer_ros.perception.classifier import ExpressionClassifier
     pipe = ExpressionPipeline(detector=Fixed(), tracking=False,
                               classifier=ExpressionClassifier(backend="onnxruntime", flip_average=False))
     pipe.process(img)
@@ -235,5 +235,5 @@ def test_crop_square_keeps_faces_at_the_edge_square():
 
 
 def P_crop(img, cx, cy, side):
-    from fer_ros.preprocess import crop_square
+    from fer_ros.perception.preprocess import crop_square
     return crop_square(img, cx, cy, side)

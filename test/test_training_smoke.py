@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import need_shared
-from fer_ros.preprocess import normalize
+from fer_ros.perception.preprocess import normalize
 from training import data as D
 from training.export import compare, export_onnx
 from training.model import load_checkpoint
@@ -102,7 +102,7 @@ def test_training_evaluation_averages_the_views_the_classifier_averages(small_fe
     """train.predict_logits with flip/crops gives what ExpressionClassifier(flip_average,
     crop_average) gives for the exported model, so the accuracy selected in training is the
     deployed one; a batch split across views keeps faces and views apart."""
-    from fer_ros.classifier import ExpressionClassifier
+    from fer_ros.perception.classifier import ExpressionClassifier
     from training.model import MobileNetV1
     from training.train import predict_logits, recalibrate_bn
 

@@ -3,7 +3,7 @@
     python -m training.calibrate [--n 2000] [--out docs/results/crop_calibration.json]
 
 The model learns from FER-2013's 48x48 crops, so at run time a detector box has to be turned
-into a crop framed the same way (`fer_ros.preprocess.Framing`: side = scale x box side,
+into a crop framed the same way (`fer_ros.perception.preprocess.Framing`: side = scale x box side,
 centre moved by dx, dy box sides). Two measurements, for every detector:
 
 1. FER-2013 faces on a canvas: N Training faces, enlarged to 120 px and placed in the middle
@@ -18,7 +18,7 @@ centre moved by dx, dy box sides). Two measurements, for every detector:
 The framing adopted for a detector is the median of measurement 2 over all real images (its
 own scale, dx, dy); measurement 1 cross-checks it. The spread of the box relative to the frame
 (over faces and, in the videos, from frame to frame) is what training's framing jitter covers.
-Results go to docs/results/crop_calibration.json; `fer_ros.preprocess.FRAMINGS` holds the
+Results go to docs/results/crop_calibration.json; `fer_ros.perception.preprocess.FRAMINGS` holds the
 adopted values and a test checks they agree. Needs the shared YuNet model (for the landmarks).
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_ros.detectors import make_detector
+from fer_ros.perception.detectors import make_detector
 from training import data as D
 
 CANVAS, FACE = 320, 120

@@ -3,7 +3,7 @@ original layouts users download), plus the augmentation.
 
 Every loader returns a `FaceSet`: `images` uint8 [N,H,W] where the whole image is the face
 box (FER-2013 and CK+48 are already 48x48 crops; JAFFE faces are detected with the
-package's own detector and cropped with `fer_ros.preprocess.crop_faces`), integer `labels`
+package's own detector and cropped with `fer_ros.perception.preprocess.crop_faces`), integer `labels`
 indexing `class_names`, and `subject` / `split` where the data has them.
 """
 
@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from fer_ros import LABELS
-from fer_ros import preprocess as P
-from fer_ros.preprocess import FACE_SIZE, Framing, crop_face, crop_faces, framing_for
+from fer_ros.perception import preprocess as P
+from fer_ros.perception.preprocess import FACE_SIZE, Framing, crop_face, crop_faces, framing_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,12 +139,12 @@ def detect_largest(detector, image) -> np.ndarray | None:
 
 def load_jaffe(path, detector: str = "haar", size: int = 96, framing: Framing | None = None,
                **det_params) -> FaceSet:
-    """JAFFE: detect the face in every 256x256 image with fer_ros.detectors and crop it with
-    fer_ros.preprocess.crop_faces, framed like FER-2013 (`framing`, default: the detector's
+    """JAFFE: detect the face in every 256x256 image with fer_ros.perception.detectors and crop it with
+    fer_ros.perception.preprocess.crop_faces, framed like FER-2013 (`framing`, default: the detector's
     measured one), at `size` (96 keeps detail for the augmentation; evaluation resizes the
     whole crop to 48x48 exactly as inference does). Images where no face is found fall back
     to the central 60% (counted in info["undetected"])."""
-    from fer_ros.detectors import make_detector
+    from fer_ros.perception.detectors import make_detector
     d = np.load(path)
     if "faces" in d:  # pre-cropped by training.devcarry with this same function
         return FaceSet(d["faces"], d["labels"].astype(np.int64), LABELS, subject=d["subject"].astype(str),
@@ -203,7 +203,7 @@ def load_ckplus_folder(root, setup: str = "small8", detector: str = "haar", size
     sequences are used). "small*": the last frame, "large*": the last three; 8-class setups
     add the first (neutral) frame of each labelled sequence. Faces are detected with the
     package's detector (`whole` for pre-cropped frames) and cropped at `size`."""
-    from fer_ros.detectors import make_detector
+    from fer_ros.perception.detectors import make_detector
     frames, ncls = setup[:5], int(setup[5:])
     classes = {6: CK6, 7: CK7, 8: CK8}.get(ncls)
     if frames not in ("small", "large") or classes is None:
@@ -287,7 +287,7 @@ def kfold(fs: FaceSet, k: int = 5, by: str = "random", seed: int = 0) -> list[np
 #: "inside": 85-100% of the side (min_scale .. 1), anywhere inside (what runs before 3 Dec used);
 #: "framing": the FER-2013 frame jittered the way detector boxes vary: side scale log-uniform in
 #:     scale_range, centre shifted up to +-shift of the side in x and y, border pixels repeated
-#:     where the crop leaves the image (as at run time: fer_ros.preprocess.crop_square).
+#:     where the crop leaves the image (as at run time: fer_ros.perception.preprocess.crop_square).
 JITTERS = ("area", "inside", "framing")
 
 

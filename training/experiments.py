@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_ros.preprocess import tta_view_count
+from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
 from training.report import metrics, plot_confusion, plot_curves, write_json
 from training.train import TrainConfig, pick_device, predict_logits, train_model

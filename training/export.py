@@ -2,7 +2,7 @@
 
     python -m training.export runs/stage1/best.pt fer_ros/models/fer_mobilenet_v1.onnx
 
-Input `input` float32 [N,1,48,48] (= fer_ros.preprocess.normalize), output `logits` [N,7].
+Input `input` float32 [N,1,48,48] (= fer_ros.perception.preprocess.normalize), output `logits` [N,7].
 The check runs both on real FER-2013 PublicTest faces (or on given faces) and prints the
 maximum absolute difference of the logits; it fails above `--tol`.
 """
@@ -50,7 +50,7 @@ def compare(model: torch.nn.Module, onnx_path, x: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
-    from fer_ros.preprocess import normalize
+    from fer_ros.perception.preprocess import normalize
     from training import data
     from training.model import load_checkpoint
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

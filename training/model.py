@@ -219,7 +219,7 @@ def save_checkpoint(path, model, labels=None, **extra) -> None:
 def load_checkpoint(path, map_location="cpu", with_extra: bool = False):
     """Load a checkpoint written by `training.train` -> MobileNetV1 in eval mode.
 
-    The module takes float32 [N,1,48,48] = fer_ros.preprocess.normalize(faces) and returns
+    The module takes float32 [N,1,48,48] = fer_ros.perception.preprocess.normalize(faces) and returns
     logits [N,7] in fer_ros.LABELS order (apply softmax for probabilities), exactly like
     the shipped ONNX model. with_extra=True also returns the whole checkpoint dict.
     """

@@ -6,7 +6,7 @@ Calibrates on `--calib` FER-2013 *Training* faces (seeded draw), writes
 `<model>_int8.onnx` beside the model, scores FP32 and INT8 on PublicTest through
 ExpressionClassifier (the same code path as the nodes) and records the result under "int8"
 in the model card JSON. The INT8 copy keeps the first convolution and the classifier in FP32
-(fer_ros.classifier.quantize_int8).
+(fer_ros.perception.classifier.quantize_int8).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_ros.classifier import ExpressionClassifier, default_model_path, quantize_int8
+from fer_ros.perception.classifier import ExpressionClassifier, default_model_path, quantize_int8
 from training import data as D
 
 
@@ -80,7 +80,7 @@ def write_card_section(md: Path, r: dict) -> None:
     text = text.rstrip("\n") + "\n" + f"""
 ## INT8 copy (`{r['file']}`, used by default on CPU)
 Made from this model by `{r['command']}` ({r['made']}): ONNX Runtime static QDQ quantization
-(`fer_ros.classifier.quantize_int8`), per-channel, calibrated on {r['calibration']}, first
+(`fer_ros.perception.classifier.quantize_int8`), per-channel, calibrated on {r['calibration']}, first
 convolution and classifier kept in FP32. FER-2013 PublicTest with test-time averaging over 12 views
 (`flip_average` and `crop_average`, as config/therapy.yaml runs it): **{r['publictest_accuracy_int8_flip_and_crop_average']:.2%}**;
 with `flip_average` only (the classifier's default) {r['publictest_accuracy_int8_flip_average']:.2%}; the network alone

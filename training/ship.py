@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_ros import LABELS
-from fer_ros.classifier import ExpressionClassifier
-from fer_ros.preprocess import normalize, tta_view_count
+from fer_ros.perception.classifier import ExpressionClassifier
+from fer_ros.perception.preprocess import normalize, tta_view_count
 from training import data as D
 from training.export import compare, export_onnx
 from training.model import load_checkpoint
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         "name": "fer_mobilenet_v1", "file": onnx_path.name, "sha256": sha, "interim": bool(a.interim),
         "architecture": {**model.config(), "parameters": int(sum(p.numel() for p in model.parameters()))},
         "input": {"name": "input", "shape": ["N", 1, 48, 48], "dtype": "float32",
-                  "preprocessing": "fer_ros.preprocess.normalize: grayscale face crop resized to 48x48, x/127.5-1"},
+                  "preprocessing": "fer_ros.perception.preprocess.normalize: grayscale face crop resized to 48x48, x/127.5-1"},
         "output": {"name": "logits", "shape": ["N", 7], "labels": list(LABELS), "note": "apply softmax"},
         "training": {"command": a.command, "seed": cfg.get("seed"), "config": cfg, "device": a.device,
                      "trained_on": date, "epochs_run": (ck.get("epoch", -1) + 1) if "epoch" in ck else None,
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         "Facial-expression classifier of fer_ros: MobileNetV1 (width "
         f"{model.width}), 1x48x48 grayscale input, dropout 0.5, 7 classes in `fer_ros.LABELS` order.",
         f"`ExpressionClassifier()` loads `{onnx_path.name}` (sha256 `{sha[:16]}…`).", "",
-        "## Interface", "- input `input`: float32 [N,1,48,48] = `fer_ros.preprocess.normalize(crop_faces(...))`",
+        "## Interface", "- input `input`: float32 [N,1,48,48] = `fer_ros.perception.preprocess.normalize(crop_faces(...))`",
         "- output `logits`: float32 [N,7] (angry, disgust, fear, happy, sad, surprise, neutral); softmax gives probabilities", "",
         "## How it was made",
         f"- command: `{t['command']}`",
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         "",
         "## Scores (FER-2013 PublicTest, 3,589 faces, FP32 through `ExpressionClassifier`, ONNX Runtime)",
         f"With test-time averaging over 12 views per face (`flip_average` and `crop_average`, as"
-        f" `config/therapy.yaml` runs it; `fer_ros.preprocess.tta_views`): accuracy **{md_['accuracy']:.2%}**"
+        f" `config/therapy.yaml` runs it; `fer_ros.perception.preprocess.tta_views`): accuracy **{md_['accuracy']:.2%}**"
         f" (paper: 67.03%), macro F1 {md_['macro_f1']:.3f}. `ExpressionClassifier()` and the node's"
         f" defaults average over 2 views (`flip_average` only): {by_tta['flip']['accuracy']:.2%}.", "",
         "| test-time averaging | `flip_average` | `crop_average` | views per face | accuracy | macro F1 |",

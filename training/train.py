@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fer_ros import LABELS
-from fer_ros.preprocess import TTA_CROP, normalize, tta_view_count, tta_views
+from fer_ros.perception.preprocess import TTA_CROP, normalize, tta_view_count, tta_views
 from training import data as D
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
 from training.report import metrics, plot_confusion, plot_curves, write_json

@@ -4,7 +4,7 @@
 
 For each crop scale, scores the face alone (1 view), with its mirror image (2, `flip_average`),
 with its centre and four corner crops (6, `crop_average`) and both (12), through
-`fer_ros.preprocess.tta_views` (the classifier's views). The package uses scale 0.9
+`fer_ros.perception.preprocess.tta_views` (the classifier's views). The package uses scale 0.9
 (`preprocess.TTA_CROP`, the middle of the 85-100% training crops); the other scales show how
 much that choice matters. PublicTest is also the epoch-selection set, so small differences
 between settings are not evidence.
@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 
-from fer_ros.preprocess import tta_view_count
+from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
 from training.model import load_checkpoint
 from training.train import view_logits

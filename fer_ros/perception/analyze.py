@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--smoothing", type=float, default=0.6, help="score EMA weight of the past, 0 = off (default: %(default)s)")
     parser.add_argument("--crop-scale", type=float, default=0.0,
                         help="side of the square face crop in detector-box sides (default: 0, the framing "
-                             "measured for the detector, fer_ros.preprocess.FRAMINGS)")
+                             "measured for the detector, fer_ros.perception.preprocess.FRAMINGS)")
     parser.add_argument("--max-faces", type=int, default=20, help="largest faces kept per frame (default: %(default)s)")
     parser.add_argument("--min-face-size", type=int, default=30, help="smallest face side in pixels (default: %(default)s)")
     parser.add_argument("--detect-interval", type=int, default=1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from . import LABELS
+from fer_ros import LABELS
 
 # One BGR colour per label, so a glance at the screen tells the expression.
 COLORS = {

@@ -4,7 +4,7 @@ The JSON-lines file is the record of truth. Every event is written, flushed and 
 before the call returns, so a crash, SIGKILL or power loss keeps every event already
 logged (at worst the one line being written is cut, and `read_events` skips it). The CSV,
 summary and PNG are derived from the events at the end of a session, and can be rebuilt from the
-events file of an interrupted session with `python -m fer_ros.session_log EVENTS.jsonl`.
+events file of an interrupted session with `python -m fer_ros.therapy.log EVENTS.jsonl`.
 
 ROS-free (matplotlib with the Agg backend; no display needed).
 """

@@ -1,7 +1,7 @@
 """`fer-ros launch therapy`: start the therapy node set without `ros2 launch`.
 
 Same nodes, YAML and remappings as launch/therapy.launch.py (both come from
-fer_ros.node_set). Each node runs as its own process; its output goes to the terminal
+fer_ros.ros.node_set). Each node runs as its own process; its output goes to the terminal
 (prefixed with the node name) and to <output>/<node>.log. With --record the annotated
 video (annotated.mp4) and every FaceExpressionArray (expressions.jsonl) are saved there too.
 Stops on Ctrl-C, after --duration seconds, or when a node exits.
@@ -95,7 +95,7 @@ class Recorder:
     def _on_image(self, msg):
         import cv2
 
-        from .ros_image import image_msg_to_bgr
+        from .image import image_msg_to_bgr
 
         try:
             frame = image_msg_to_bgr(msg)

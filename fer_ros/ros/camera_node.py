@@ -21,8 +21,8 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 
-from .ros_image import bgr_to_image_msg
-from .ros_params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
+from .image import bgr_to_image_msg
+from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
                          qos_params, run_node)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}

@@ -8,7 +8,7 @@
     fer-ros bag evaluate session_out --report session_eval
     fer-ros bag info session_out
 
-The ROS-free parts live in fer_ros.bags and fer_ros.evaluation; this module adds the
+The ROS-free parts live in fer_ros.bags.rosbag and fer_ros.bags.evaluation; this module adds the
 rclpy side (record, replay) and the command line. `replay`, `record`, `make_*` and
 `evaluate_bag` are usable from Python too.
 """
@@ -24,8 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-from fer_ros import bags
-from fer_ros.bags import BagError
+from fer_ros.bags import rosbag as bags
+from fer_ros.bags.rosbag import BagError
 
 #: What `record` takes when no topics are named: everything the fer_ros nodes publish or
 #: read except the annotated image (large; add it with --topics when wanted).
@@ -117,7 +117,7 @@ def make_expression_node(params: dict, subscribe: bool = True):
 
     subscribe=False: no image subscription or worker thread; frames go in through process_sync.
     """
-    from fer_ros.expression_node import PARAMS, ExpressionNode
+    from fer_ros.ros.expression_node import PARAMS, ExpressionNode
 
     params = _coerce_params(params, {p.name: p.default for p in PARAMS})
     try:
@@ -191,7 +191,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
         labels = {m.log_time: m.msg.data for m in src.messages([bags.GROUND_TRUTH_TOPIC])} if has_gt else {}
         storage = storage or src.storage
         source_info = src.info
-    from fer_ros.expression_node import PARAMS
+    from fer_ros.ros.expression_node import PARAMS
 
     declared = {p.name for p in PARAMS}
     for k, v in _recommended_params(source_info).items():
@@ -208,7 +208,7 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
 
-    from fer_ros.ros_image import bgr_to_image_msg
+    from fer_ros.ros.image import bgr_to_image_msg
 
     params = _coerce_params(params, {p.name: p.default for p in PARAMS})  # before any output exists
     # frames go to the topic the node listens on (and are kept under it), whatever the bag called them
@@ -336,9 +336,9 @@ def replay(bag_path, out_path, rate: float | None = 1.0, params: dict | None = N
 
 def _annotate(image_msg, result_msg):
     """The node's annotated image for one output, drawn here (fast mode has no annotated topic)."""
-    from fer_ros.annotate import draw_results
-    from fer_ros.pipeline import FaceResult
-    from fer_ros.ros_image import bgr_to_image_msg, image_msg_to_bgr
+    from fer_ros.perception.annotate import draw_results
+    from fer_ros.perception.pipeline import FaceResult
+    from fer_ros.ros.image import bgr_to_image_msg, image_msg_to_bgr
 
     results = [FaceResult(int(f.face_id), (f.box.x_offset, f.box.y_offset, f.box.width, f.box.height),
                           f.expression, float(f.confidence), f.scores, float(f.detection_score))
@@ -649,7 +649,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_evaluation(bag_path, report_dir, as_json: bool = False, labels: bool = True) -> dict:
-    from fer_ros import evaluation
+    from fer_ros.bags import evaluation
 
     result = evaluation.evaluate_bag(bag_path) if labels else evaluation.evaluate_bag_outputs(bag_path)
     paths = evaluation.write_report(result, report_dir)

@@ -1,7 +1,7 @@
 """expression_node: camera images in, facial expressions of every face out.
 
 Subscribes to sensor_msgs/Image (`image_topic`, best-effort depth 1) and runs
-fer_ros.pipeline.ExpressionPipeline (detect -> crop -> classify all faces in one batch ->
+fer_ros.perception.pipeline.ExpressionPipeline (detect -> crop -> classify all faces in one batch ->
 track) on the newest frame only: the subscription callback just replaces the pending
 frame (counting the one it drops) and a worker thread processes whatever is newest, so
 results never lag behind the camera. Publishes, for every processed frame:
@@ -29,8 +29,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
-from .ros_image import image_msg_to_bgr, bgr_to_image_msg
-from .ros_params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
+from .image import image_msg_to_bgr, bgr_to_image_msg
+from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
                          qos_params, run_node)
 
 PARAMS = [
@@ -75,7 +75,7 @@ PARAMS = [
     Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
           "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
     Param("crop_scale", 0.0, "Side of the square face crop in detector-box sides; 0: the framing measured "
-          "for the detector (fer_ros.preprocess.FRAMINGS), which matches the faces the model was trained on.",
+          "for the detector (fer_ros.perception.preprocess.FRAMINGS), which matches the faces the model was trained on.",
           range=(0.0, 3.0), read_only=True),
     Param("crop_shift_y", 0.0, "With crop_scale > 0: move the crop down by this fraction of the box side.",
           range=(-1.0, 1.0), read_only=True),
@@ -106,7 +106,7 @@ _DETECTOR_KEYS = {"default": ("downscale_width", "scale_factor", "min_neighbors"
 
 def build_pipeline(p: dict):
     """ExpressionPipeline from the node's parameter values (ValueError/FileNotFoundError when unusable)."""
-    from .pipeline import ExpressionPipeline
+    from fer_ros.perception.pipeline import ExpressionPipeline
 
     name = p["detector"]
     if name not in _DETECTOR_KEYS:
@@ -116,8 +116,8 @@ def build_pipeline(p: dict):
         raise ValueError("detector 'yunet' needs detector.model (path of face_detection_yunet_*.onnx)")
     if "downscale_width" in det_params:
         det_params["downscale_width"] = det_params["downscale_width"] or None
-    from .classifier import ExpressionClassifier
-    from .preprocess import Framing
+    from fer_ros.perception.classifier import ExpressionClassifier
+    from fer_ros.perception.preprocess import Framing
 
     classifier = ExpressionClassifier(p["model_path"] or None, backend=p["backend"],
                                       threads=p["classifier_threads"] or None, flip_average=p["flip_average"],
@@ -248,7 +248,7 @@ class ExpressionNode(Node):
         if publish:
             self.pub.publish(out)
             if self.get_parameter("publish_annotated").value and self.pub_annotated.get_subscription_count():
-                from .annotate import draw_results
+                from fer_ros.perception.annotate import draw_results
 
                 self.pub_annotated.publish(bgr_to_image_msg(draw_results(bgr, results), header=msg.header))
         now = time.monotonic()

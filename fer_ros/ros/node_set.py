@@ -40,14 +40,14 @@ class NodeSpec:
 
 
 NODES = (
-    NodeSpec("camera_node", "camera_node", "fer_ros.camera_node",
+    NodeSpec("camera_node", "camera_node", "fer_ros.ros.camera_node",
              arguments=(("source", "source"),),
              remappings=(("camera/image_raw", "image_topic"),)),
-    NodeSpec("expression_node", "expression_node", "fer_ros.expression_node",
+    NodeSpec("expression_node", "expression_node", "fer_ros.ros.expression_node",
              arguments=(("backend", "backend"), ("model_path", "model")),
              remappings=(("camera/image_raw", "image_topic"), ("faces/expressions", "expressions_topic"),
                          ("faces/image_annotated", "annotated_topic"))),
-    NodeSpec("therapy_node", "therapy_node", "fer_ros.therapy_node",
+    NodeSpec("therapy_node", "therapy_node", "fer_ros.ros.therapy_node",
              arguments=(("log_dir", "session_log_dir"),),
              remappings=(("faces/expressions", "expressions_topic"),)),
 )

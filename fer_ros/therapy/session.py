@@ -5,7 +5,7 @@
 each call carrying the time in seconds. It never reads a clock itself, so tests drive it
 with synthetic time and the node with ROS time (sim time in bag replays). Every call
 returns the robot commands / state changes / alerts it produced (`Output`), and every
-event goes to the session log (`fer_ros.session_log`) as it happens.
+event goes to the session log (`fer_ros.therapy.log`) as it happens.
 
 Stages (see docs/therapy.md):
 - introduction: wait for the child's face, greet, free play for `intro_seconds` (or until

@@ -1,6 +1,6 @@
 """The real-time pipeline: detect faces -> 48x48 crops -> one batched classification -> track.
 
-    from fer_ros.pipeline import ExpressionPipeline
+    from fer_ros.perception.pipeline import ExpressionPipeline
     pipe = ExpressionPipeline()             # default detector, shipped model, tracking on
     for r in pipe.process(bgr, stamp=t):    # list[FaceResult]
         print(r.face_id, r.box, r.expression, r.confidence)
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import LABELS
+from fer_ros import LABELS
 from .classifier import ExpressionClassifier
 from .detectors import make_detector
 from .preprocess import Framing, crop_faces, framing_for

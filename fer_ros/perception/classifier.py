@@ -3,7 +3,7 @@
 One class, three backends:
 - `onnxruntime`: CPU (the CUDA provider when onnxruntime-gpu is installed and a GPU exists).
 - `tensorrt`: a serialized TensorRT engine built from the same ONNX model and cached per
-  TensorRT version and GPU (fer_ros/tensorrt_backend.py). Any TensorRT problem is logged and
+  TensorRT version and GPU (fer_ros/perception/tensorrt_backend.py). Any TensorRT problem is logged and
   the classifier falls back to onnxruntime: a robot must not stop because of an engine.
 - `torch`: a PyTorch training checkpoint (research: compare a checkpoint with its export).
 `auto` picks tensorrt when it is importable and a GPU is present, else onnxruntime.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import LABELS
+from fer_ros import LABELS
 from .preprocess import FACE_SIZE, normalize, tta_view_count, tta_views
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def check_faces(faces) -> np.ndarray:
         faces = faces[None]
     if faces.ndim != 3 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
         raise ValueError(f"faces must be uint8 [N, {FACE_SIZE}, {FACE_SIZE}] grayscale crops "
-                         f"(see fer_ros.preprocess.crop_faces), got shape {faces.shape}")
+                         f"(see fer_ros.perception.preprocess.crop_faces), got shape {faces.shape}")
     if faces.dtype != np.uint8:
         raise ValueError(f"faces must be uint8 grayscale crops in 0..255, got dtype {faces.dtype} "
                          "(pass crops before normalisation; the classifier normalises them)")

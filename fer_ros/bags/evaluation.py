@@ -1,4 +1,4 @@
-"""Score expression outputs against ground truth (ROS-free; reads bags through fer_ros.bags).
+"""Score expression outputs against ground truth (ROS-free; reads bags through fer_ros.bags.rosbag).
 
 Matching: a ground-truth label (bag log time T) belongs to the output whose header.stamp
 is T, since outputs copy the image header and labels are written at the image stamp. When
@@ -36,7 +36,7 @@ class Output:
 
 
 def output_from_msg(msg, receipt: int) -> Output:
-    from fer_ros.bags import stamp_to_ns
+    from fer_ros.bags.rosbag import stamp_to_ns
 
     return Output(stamp_to_ns(msg.header.stamp), int(receipt),
                   [str(f.expression) for f in msg.faces],
@@ -133,7 +133,7 @@ def runtime_metrics(outputs: list[Output], frames_in: int | None = None) -> dict
 
 def load_bag(path, expressions_topic=None, ground_truth_topic=None, labels_required: bool = True):
     """(ground_truth {stamp: label}, [Output], frames_in or None) from a replay/recorded bag."""
-    from fer_ros import bags
+    from fer_ros.bags import rosbag as bags
 
     expressions_topic = expressions_topic or bags.EXPRESSIONS_TOPIC
     ground_truth_topic = ground_truth_topic or bags.GROUND_TRUTH_TOPIC

@@ -1,4 +1,4 @@
-"""therapy_node: runs the therapy session (fer_ros.therapy) on the ROS graph.
+"""therapy_node: runs the therapy session (fer_ros.therapy.session) on the ROS graph.
 
 In:  faces/expressions (fer_ros/FaceExpressionArray), therapy/answer (std_msgs/String card
      answers), therapy/command (std_msgs/String verbs, for tablets without service support),
@@ -27,9 +27,9 @@ from std_srvs.srv import Trigger
 
 from fer_ros import LABELS
 from fer_ros.msg import FaceExpressionArray, TherapyState
-from fer_ros.ros_params import Param, declare_params, qos_from_params, qos_params, run_node
-from fer_ros.session_log import SessionLog, write_reports
-from fer_ros.therapy import VERBS, Face, Observation, TherapyConfig, TherapySession
+from fer_ros.ros.params import Param, declare_params, qos_from_params, qos_params, run_node
+from fer_ros.therapy.log import SessionLog, write_reports
+from fer_ros.therapy.session import VERBS, Face, Observation, TherapyConfig, TherapySession
 
 _D = TherapyConfig()
 _labels = ", ".join(LABELS)
