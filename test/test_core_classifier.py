@@ -51,6 +51,15 @@ def real_model() -> ExpressionClassifier:
     return ExpressionClassifier(backend="onnxruntime")
 
 
+def test_default_model_paths_point_at_the_shipped_files():
+    """The package ships its model; a moved module must not lose it (the tests above skip
+    while it is missing, so this one must not)."""
+    from fer_ros.perception.models import default_int8_model_path
+
+    assert default_model_path().is_file(), default_model_path()
+    assert default_int8_model_path().parent == default_model_path().parent
+
+
 def faces(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
 
@@ -263,7 +272,7 @@ def test_torch_backend_rejects_a_non_model(tmp_path):
 def test_int8_quantized_copy_keeps_the_contract_and_the_answers(tmp_path):
     """quantize_int8 on a small conv net: same I/O contract, probabilities close to FP32."""
     torch = pytest.importorskip("torch")
-    from fer_ros.perception.classifier import quantize_int8
+    from training.quantize import quantize_int8
 
     d = np.load(need_shared("data", "fer2013.npz"))
     off, jpeg = d["offsets"], d["jpeg"]  # read each npz member once (every access decompresses it)

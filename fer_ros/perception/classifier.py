@@ -20,25 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from fer_ros import LABELS
+from .models import default_int8_model_path, default_model_path  # noqa: F401 - re-exported for callers
 from .preprocess import FACE_SIZE, normalize, tta_view_count, tta_views
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-MODEL_FILE = "fer_mobilenet_v1.onnx"
-
-
-INT8_MODEL_FILE = "fer_mobilenet_v1_int8.onnx"
-
-
-def default_model_path() -> Path:
-    """The model shipped with the package (fer_ros/models/fer_mobilenet_v1.onnx)."""
-    return Path(__file__).resolve().parent / "models" / MODEL_FILE
-
-
-def default_int8_model_path() -> Path:
-    """An optional INT8 copy of the shipped model (see quantize_int8), used on CPU when present."""
-    return default_model_path().with_name(INT8_MODEL_FILE)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -178,51 +165,6 @@ class TorchBackend:
     def logits(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
             return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
-
-
-def quantize_int8(src, dst, calibration_faces: np.ndarray, per_channel: bool = True,
-                  keep_fp32_ends: bool = True) -> Path:
-    """Write an INT8 (QDQ) copy of the ONNX model `src` to `dst`, calibrated on real face crops.
-
-    calibration_faces: uint8 [N, 48, 48] (a few hundred FER-2013 training faces are plenty).
-    keep_fp32_ends: leave the first convolution (1 input channel: little to gain, much to
-        lose) and the final classifier in FP32. On the interim shipped model this kept FER-2013
-        PublicTest accuracy within 0.5 point of FP32 (59.7% vs 60.2%), against 1.8 points lost
-        when everything is quantized (docs/core.md).
-    The result has the same input/output contract, so `ExpressionClassifier(dst)` runs it; on
-    this project's CPU it is about 1.5-2x faster in batches. Check its accuracy before shipping it.
-    """
-    import tempfile
-
-    import onnx
-
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
-
-    x = normalize(check_faces(np.asarray(calibration_faces)))
-    if len(x) == 0:
-        raise ValueError("quantize_int8 needs at least one calibration face")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    dst = Path(dst)
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre))  # shape inference + BN folding: better INT8 ranges
-        exclude = []
-        if keep_fp32_ends:
-            nodes = onnx.load(str(pre)).graph.node
-            convs = [n.name for n in nodes if n.op_type == "Conv"]
-            heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
-            exclude = convs[:1] + heads[-1:]
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-    return dst
 
 
 class ExpressionClassifier:

@@ -198,7 +198,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .classifier import default_model_path
+    from .models import default_model_path
 
     given = args.model_pos or args.model
     model = Path(given) if given else default_model_path()
