@@ -57,13 +57,11 @@ def check_faces(faces) -> np.ndarray:
 
 
 def cuda_available() -> bool:
-    """True when a CUDA GPU is usable from Python (checked through pycuda, then torch)."""
-    try:
-        import pycuda.driver as cuda
-        cuda.init()
-        return cuda.Device.count() > 0
-    except Exception:  # noqa: BLE001 - any failure means "no usable GPU here"
-        pass
+    """True when a CUDA GPU is usable from Python (checked through cuda-bindings, then torch)."""
+    from .tensorrt_backend import cuda_device_count
+
+    if cuda_device_count() > 0:
+        return True
     try:
         import torch
         return bool(torch.cuda.is_available())
@@ -242,6 +240,8 @@ class ExpressionClassifier:
                 raise
             # A GPU/engine failure at run time: switch to onnxruntime for good, keep running.
             log.warning("TensorRT inference failed (%s: %s); switching to onnxruntime", type(exc).__name__, exc)
+            if hasattr(self._impl, "close"):
+                self._impl.close()  # free the GPU buffers and the CUDA context now, not at garbage collection
             self._impl = OnnxRuntimeBackend(self.model_path)
             self.backend = self._impl.name
             out = self._impl.logits(x)
