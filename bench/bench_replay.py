@@ -22,9 +22,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fer_ros.bags import cli as bag_cli  # noqa: E402
 from fer_ros.bags import evaluation  # noqa: E402
-from fer_ros.bags import rosbag as bags  # noqa: E402
+from fer_ros.bags import make  # noqa: E402
+from fer_ros.bags import messages as bags  # noqa: E402
+from fer_ros.bags import replay as bag_replay  # noqa: E402
 from training.data import shared_path  # noqa: E402
 
 
@@ -51,14 +52,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         bag = Path(tmp) / "in"
         loops = -(-args.frames // 72)
-        made = bags.video_to_bag(video, bag, size=(640, 480), loops=loops, max_frames=args.frames,
+        made = make.video_to_bag(video, bag, size=(640, 480), loops=loops, max_frames=args.frames,
                                  storage=args.storage)
         print(f"bag: {made['frames']} frames 640x480 bgr8 at {made['fps']:g} fps ({args.storage}), "
               f"from {video.name}")
         best = None
         for i in range(args.repeat):
             out = Path(tmp) / f"fast{i}"
-            s = bag_cli.replay(bag, out, rate=None, params=params, log=lambda *_: None)
+            s = bag_replay.replay(bag, out, rate=None, params=params, log=lambda *_: None)
             r = evaluation.evaluate_bag_outputs(out)
             print(f"  fast replay {i + 1}: {s['fps']:.1f} frames/s ({s['outputs']} frames in {s['wall_s']:.2f} s), "
                   f"faces/frame {r['faces_per_frame']:.2f}")
@@ -73,7 +74,7 @@ def main() -> int:
         if args.realtime:
             out = Path(tmp) / "rt"
             t = time.perf_counter()
-            bag_cli.replay(bag, out, rate=1.0, params=params, log=lambda *_: None)
+            bag_replay.replay(bag, out, rate=1.0, params=params, log=lambda *_: None)
             r = evaluation.evaluate_bag_outputs(out)
             print(f"RESULT real-time replay (1x, {time.perf_counter() - t:.1f} s): processed "
                   f"{r['frames_out']}/{r['frames_in']} frames, {r['processed_fps']:.1f} frames/s, latency "

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fer_ros import LABELS
-from fer_ros.bags import rosbag as bags
+from fer_ros.bags.io import BagWriter
+from fer_ros.bags import messages as bags
 from fer_ros.bags import evaluation
 from fer_ros.bags.evaluation import Output
 
@@ -66,7 +67,7 @@ def test_evaluate_bag_and_report_files(tmp_path):
     Face = ts.types["fer_ros/msg/FaceExpression"]
     Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
     t0 = 1_600_000_000_000_000_000
-    with bags.BagWriter(tmp_path / "bag", storage="sqlite3") as bag:
+    with BagWriter(tmp_path / "bag", storage="sqlite3") as bag:
         for topic, ty in ((bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE), (bags.GROUND_TRUTH_TOPIC, bags.STRING_TYPE),
                           (bags.FRAMES_TOPIC, bags.HEADER_TYPE)):
             bag.add_topic(topic, ty)
@@ -99,18 +100,18 @@ def test_evaluate_bag_and_report_files(tmp_path):
 
 
 def test_missing_ground_truth_and_outputs(tmp_path):
-    with bags.BagWriter(tmp_path / "only_out") as bag:
+    with BagWriter(tmp_path / "only_out") as bag:
         bag.add_topic(bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE)
     with pytest.raises(bags.BagError, match="no /ground_truth/expression topic.*fer-ros bag label"):
         evaluation.evaluate_bag(tmp_path / "only_out")
-    with bags.BagWriter(tmp_path / "empty_gt") as bag:
+    with BagWriter(tmp_path / "empty_gt") as bag:
         bag.add_topic(bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE)
         bag.add_topic(bags.GROUND_TRUTH_TOPIC, bags.STRING_TYPE)
     with pytest.raises(bags.BagError, match="has no labels"):
         evaluation.evaluate_bag(tmp_path / "empty_gt")
     runtime = evaluation.evaluate_bag_outputs(tmp_path / "only_out")
     assert runtime["frames_out"] == 0 and runtime["latency_ms"]["p50"] is None
-    with bags.BagWriter(tmp_path / "bad_label") as bag:
+    with BagWriter(tmp_path / "bad_label") as bag:
         bag.add_topic(bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE)
         bag.add_topic(bags.GROUND_TRUTH_TOPIC, bags.STRING_TYPE)
         bag.write(bags.GROUND_TRUTH_TOPIC, 5, bags.make_string("joyful"))

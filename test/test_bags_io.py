@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from fer_ros import LABELS
-from fer_ros.bags import rosbag as bags
+from fer_ros.bags.io import BagReader, BagWriter, read_bag
+from fer_ros.bags import make
+from fer_ros.bags import messages as bags
+from fer_ros.ros.image import image_msg_to_array
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_123_456_789
@@ -54,11 +57,11 @@ def _sample_messages():
 def test_round_trip_identical_messages(tmp_path, storage, background):
     ts = bags.typestore()
     msgs = _sample_messages()
-    with bags.BagWriter(tmp_path / "bag", storage=storage, background=background) as bag:
+    with BagWriter(tmp_path / "bag", storage=storage, background=background) as bag:
         for topic, msgtype, t, msg in msgs:
             bag.add_topic(topic, msgtype)
             bag.write(topic, t, msg)
-    with bags.BagReader(tmp_path / "bag") as bag:
+    with BagReader(tmp_path / "bag") as bag:
         assert bag.storage == storage
         assert bag.topics == {topic: msgtype for topic, msgtype, _, _ in msgs}
         back = list(bag.messages())
@@ -69,7 +72,7 @@ def test_round_trip_identical_messages(tmp_path, storage, background):
         assert bytes(ts.serialize_cdr(got.msg, msgtype)) == bytes(ts.serialize_cdr(msg, msgtype))
     # spot-check decoded values, not only bytes
     img_in, img_out = msgs[0][3], back[0].msg
-    assert np.array_equal(bags.image_to_array(img_out), bags.image_to_array(img_in))
+    assert np.array_equal(image_msg_to_array(img_out), image_msg_to_array(img_in))
     assert bags.stamp_to_ns(img_out.header.stamp) == T0
     expr_in = msgs[8][3]
     expr_out = next(m.msg for m in back if m.topic == bags.EXPRESSIONS_TOPIC and len(m.msg.faces) == 2)
@@ -88,10 +91,10 @@ def test_bag_bytes_decode_with_the_built_ros_messages(tmp_path):
     ts = bags.typestore()
     rng = np.random.default_rng(1)
     msg = _expressions(ts, T0, 3, rng)
-    with bags.BagWriter(tmp_path / "bag") as bag:
+    with BagWriter(tmp_path / "bag") as bag:
         bag.add_topic(bags.EXPRESSIONS_TOPIC, bags.EXPRESSIONS_TYPE)
         bag.write(bags.EXPRESSIONS_TOPIC, T0, msg)
-    raw = bags.read_bag(tmp_path / "bag", raw=True)[0].msg
+    raw = read_bag(tmp_path / "bag", raw=True)[0].msg
     ros = deserialize_message(raw, FaceExpressionArray)
     assert ros.header.stamp.sec * 10**9 + ros.header.stamp.nanosec == T0
     assert ros.header.frame_id == "cam_optical"
@@ -115,7 +118,7 @@ def test_embedded_type_hashes_match_the_built_interfaces(tmp_path):
             pytest.skip(f"installed {name}.msg is older than msg/{name}.msg (run `make build`)")
         want = json.loads(built.read_text())["type_hashes"][0]["hash_string"]
         assert ts.hash_rihs01(f"fer_ros/msg/{name}") == want
-    with bags.BagWriter(tmp_path / "bag", storage="sqlite3") as bag:
+    with BagWriter(tmp_path / "bag", storage="sqlite3") as bag:
         bag.add_topic("/therapy/state", "fer_ros/msg/TherapyState")
     meta = yaml.safe_load((tmp_path / "bag" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["version"] == 9
@@ -127,7 +130,7 @@ def test_label_csv_ranges_and_frames(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("start_s,end_s,label  # header\n# comment, with commas\n0.0,1.0,happy\n"
                    "1.0,2.5,5   # index 5: surprise, by number\n\n40,sad\n")
-    track = bags.read_labels(csv)
+    track = make.read_labels(csv)
     assert track.label(0, 0.0) == "happy"
     assert track.label(29, 0.999) == "happy"
     assert track.label(30, 1.0) == "surprise"
@@ -137,10 +140,10 @@ def test_label_csv_ranges_and_frames(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("0,1,joy\n")
     with pytest.raises(bags.BagError, match="unknown expression label 'joy'"):
-        bags.read_labels(bad)
+        make.read_labels(bad)
     bad.write_text("0,1\n2,1,happy,x\n")
     with pytest.raises(bags.BagError, match="unknown expression label|columns"):
-        bags.read_labels(bad)
+        make.read_labels(bad)
 
 
 def test_video_labels_aligned_with_frame_stamps(tmp_path, media):
@@ -148,10 +151,10 @@ def test_video_labels_aligned_with_frame_stamps(tmp_path, media):
     csv = tmp_path / "labels.csv"
     csv.write_text("0.0,0.5,neutral\n0.5,1.0,happy\n60,surprise\n")
     out = tmp_path / "bag"
-    summary = bags.video_to_bag(media / "single_face.mp4", out, labels=csv, fps=20.0, max_frames=64,
+    summary = make.video_to_bag(media / "single_face.mp4", out, labels=csv, fps=20.0, max_frames=64,
                                 start_ns=T0)
     assert summary["frames"] == 64
-    msgs = bags.read_bag(out)
+    msgs = read_bag(out)
     images = [m for m in msgs if m.topic == bags.IMAGE_TOPIC]
     labels = {m.log_time: m.msg.data for m in msgs if m.topic == bags.GROUND_TRUTH_TOPIC}
     assert len(images) == 64
@@ -164,16 +167,16 @@ def test_video_labels_aligned_with_frame_stamps(tmp_path, media):
     expected[stamps[60]] = "surprise"
     assert labels == expected
     assert summary["labelled"] == 21
-    assert bags.image_to_array(images[0].msg).shape == (360, 640, 3)
+    assert image_msg_to_array(images[0].msg).shape == (360, 640, 3)
 
 
 def test_letterbox_to_640x480_and_loops(tmp_path, media):
     out = tmp_path / "bag"
-    summary = bags.video_to_bag(media / "single_face.mp4", out, size=(640, 480), loops=2, start_ns=T0,
+    summary = make.video_to_bag(media / "single_face.mp4", out, size=(640, 480), loops=2, start_ns=T0,
                                 storage="sqlite3")
     assert summary["frames"] == 144  # 72 frames twice
-    msgs = bags.read_bag(out)
-    frame = bags.image_to_array(msgs[0].msg)
+    msgs = read_bag(out)
+    frame = image_msg_to_array(msgs[0].msg)
     assert frame.shape == (480, 640, 3)
     assert frame[:60].max() == 0 and frame[-60:].max() == 0  # black bars above and below
     assert frame[60:420].std() > 10
@@ -185,27 +188,27 @@ def test_dataset_bag_images_and_labels(tmp_path, shared):
     npz = shared / "data" / "fer2013.npz"
     if not npz.exists():
         pytest.skip(f"{npz} missing")
-    images, labels = bags.load_fer2013(npz, "PublicTest")
+    images, labels = make.load_fer2013(npz, "PublicTest")
     assert images.shape == (3589, 48, 48)
     out = tmp_path / "bag"
-    bags.dataset_to_bag(npz, out, limit=50, fps=100.0, encoding="bgr8", start_ns=T0)
-    msgs = bags.read_bag(out)
+    make.dataset_to_bag(npz, out, limit=50, fps=100.0, encoding="bgr8", start_ns=T0)
+    msgs = read_bag(out)
     imgs = [m for m in msgs if m.topic == bags.IMAGE_TOPIC]
     gts = {m.log_time: m.msg.data for m in msgs if m.topic == bags.GROUND_TRUTH_TOPIC}
     assert len(imgs) == len(gts) == 50
     for i, m in enumerate(imgs):
         assert m.msg.encoding == "bgr8"
-        assert np.array_equal(bags.image_to_array(m.msg)[:, :, 1], images[i])
+        assert np.array_equal(image_msg_to_array(m.msg)[:, :, 1], images[i])
         assert gts[bags.stamp_to_ns(m.msg.header.stamp)] == LABELS[labels[i]]
     with pytest.raises(bags.BagError, match="no split 'Nope'"):
-        bags.dataset_to_bag(npz, tmp_path / "x", split="Nope")
+        make.dataset_to_bag(npz, tmp_path / "x", split="Nope")
 
 
 def test_label_recorded_bag(tmp_path):
     """`bag label` adds ground truth to a recorded bag, aligned to the image header stamps."""
     src = tmp_path / "rec"
     rng = np.random.default_rng(2)
-    with bags.BagWriter(src) as bag:
+    with BagWriter(src) as bag:
         bag.add_topic(bags.IMAGE_TOPIC, bags.IMAGE_TYPE, qos="sensor_data")
         for i in range(10):
             stamp = T0 + i * 100_000_000
@@ -213,18 +216,18 @@ def test_label_recorded_bag(tmp_path):
                                                                            stamp))
     csv = tmp_path / "l.csv"
     csv.write_text("0.25,0.65,fear\n")
-    summary = bags.label_bag(src, tmp_path / "out", csv)
+    summary = make.label_bag(src, tmp_path / "out", csv)
     assert summary == {"bag": str(tmp_path / "out"), "frames": 10, "labelled": 4, "skipped": 0}
-    gts = {m.log_time: m.msg.data for m in bags.read_bag(tmp_path / "out", [bags.GROUND_TRUTH_TOPIC])}
+    gts = {m.log_time: m.msg.data for m in read_bag(tmp_path / "out", [bags.GROUND_TRUTH_TOPIC])}
     assert gts == {T0 + i * 100_000_000: "fear" for i in (3, 4, 5, 6)}
-    assert len(bags.read_bag(tmp_path / "out", [bags.IMAGE_TOPIC])) == 10
+    assert len(read_bag(tmp_path / "out", [bags.IMAGE_TOPIC])) == 10
 
 
 # ------------------------------------------------------------------ bad bags
 
 
 def _good_bag(path, storage):
-    with bags.BagWriter(path, storage=storage) as bag:
+    with BagWriter(path, storage=storage) as bag:
         bag.add_topic(bags.GROUND_TRUTH_TOPIC, bags.STRING_TYPE)
         for i in range(200):
             bag.write(bags.GROUND_TRUTH_TOPIC, T0 + i, bags.make_string("happy" * 20))
@@ -237,26 +240,26 @@ def test_truncated_bag_is_a_clear_error(tmp_path, storage):
     data = next(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
     os.truncate(data, data.stat().st_size // 2)
     with pytest.raises(bags.BagError, match="bag"):
-        bags.read_bag(path)
+        read_bag(path)
 
 
 def test_not_a_bag_and_missing(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(bags.BagError, match="not a bag"):
-        bags.read_bag(tmp_path / "notes.txt")
+        read_bag(tmp_path / "notes.txt")
     with pytest.raises(bags.BagError, match="no such bag"):
-        bags.read_bag(tmp_path / "nothing")
+        read_bag(tmp_path / "nothing")
     with pytest.raises(bags.BagError, match="no metadata.yaml"):
-        bags.read_bag(tmp_path)
+        read_bag(tmp_path)
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "metadata.yaml").write_text("just: [some, yaml\n")
     with pytest.raises(bags.BagError, match="cannot be opened"):
-        bags.read_bag(fake)
+        read_bag(fake)
     fake_mcap = tmp_path / "x.mcap"
     fake_mcap.write_bytes(b"\x89MCAP0\r\n" + b"\0" * 50)
     with pytest.raises(bags.BagError):
-        bags.read_bag(fake_mcap)
+        read_bag(fake_mcap)
 
 
 def test_unknown_type_without_definition(tmp_path):
@@ -266,7 +269,7 @@ def test_unknown_type_without_definition(tmp_path):
     with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as w:
         conn = w.add_connection("/mystery", "acme_msgs/msg/Thing", msgdef="", rihs01="RIHS01_" + "0" * 64)
         w.write(conn, T0, b"\0\1\0\0\1\2\3\4")
-    with bags.BagReader(path) as bag:
+    with BagReader(path) as bag:
         assert bag.topics == {"/mystery": "acme_msgs/msg/Thing"}
         with pytest.raises(bags.BagError, match="unknown message type acme_msgs/msg/Thing"):
             list(bag.messages())
@@ -283,7 +286,7 @@ def test_unknown_type_with_embedded_definition_is_decoded(tmp_path):
     with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conn = w.add_connection("/pair", "acme_msgs/msg/Pair", typestore=other)
         w.write(conn, T0, other.serialize_cdr(msg, "acme_msgs/msg/Pair"))
-    (got,) = bags.read_bag(tmp_path / "bag")
+    (got,) = read_bag(tmp_path / "bag")
     assert (got.msg.a, got.msg.b) == (-7, "seven")
 
 
@@ -292,7 +295,7 @@ def test_background_writer_does_not_wait_on_a_slow_disk(tmp_path):
     close() writes everything queued, in order; a failing disk is reported, not hidden."""
     import time
 
-    bag = bags.BagWriter(tmp_path / "bag", background=True)
+    bag = BagWriter(tmp_path / "bag", background=True)
     bag.add_topic("/s", bags.STRING_TYPE)
     real_write = bag._writer.write
 
@@ -308,10 +311,10 @@ def test_background_writer_does_not_wait_on_a_slow_disk(tmp_path):
     bag.close()
     closed_s = time.perf_counter() - t0
     assert queued_s < 0.25 and closed_s >= 20 * 0.05  # the 1 s of disk time went to close()
-    back = bags.read_bag(tmp_path / "bag")
+    back = read_bag(tmp_path / "bag")
     assert [m.msg.data for m in back] == [str(i) for i in range(20)] and bag.counts["/s"] == 20
 
-    bad = bags.BagWriter(tmp_path / "bad", background=True)
+    bad = BagWriter(tmp_path / "bad", background=True)
     bad.add_topic("/s", bags.STRING_TYPE)
     bad._writer.write = lambda *args: (_ for _ in ()).throw(OSError(28, "No space left on device"))
     bad.write("/s", T0, bags.make_string("x"))
@@ -322,12 +325,12 @@ def test_background_writer_does_not_wait_on_a_slow_disk(tmp_path):
 def test_writer_refuses_to_clobber(tmp_path):
     path = _good_bag(tmp_path / "bag", "mcap")
     with pytest.raises(bags.BagError, match="exists already"):
-        bags.BagWriter(path)
-    bags.BagWriter(path, overwrite=True).close()  # an old bag may be replaced on request
+        BagWriter(path)
+    BagWriter(path, overwrite=True).close()  # an old bag may be replaced on request
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("x")
     with pytest.raises(bags.BagError, match="not a rosbag2 folder"):
-        bags.BagWriter(tmp_path / "precious", overwrite=True)
+        BagWriter(tmp_path / "precious", overwrite=True)
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
 
@@ -365,7 +368,7 @@ def test_msg_dir_found():
 
 def test_cli_rejects_unknown_or_mistyped_node_parameters(tmp_path):
     bag = tmp_path / "bag"
-    with bags.BagWriter(bag) as w:
+    with BagWriter(bag) as w:
         w.add_topic(bags.IMAGE_TOPIC, bags.IMAGE_TYPE)
         w.write(bags.IMAGE_TOPIC, T0, bags.make_image(np.zeros((8, 8), np.uint8), T0))
     for param, needle in (("detecter:=whole", "no parameter 'detecter'"),
@@ -385,7 +388,7 @@ def test_installed_custom_type_is_loaded_from_its_msg_file(tmp_path, monkeypatch
                                        "geometry_msgs/Point[] points\n")
     (share / "Level.msg").write_text("uint8 LOW=0\nuint8 HIGH=1\nuint8 value\n")
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "prefix"))
-    with bags.BagWriter(tmp_path / "bag") as bag:
+    with BagWriter(tmp_path / "bag") as bag:
         bag.add_topic("/reading", "acme_test_msgs/msg/Reading")
         ts = bags.typestore()
         Point = ts.types["geometry_msgs/msg/Point"]
@@ -393,7 +396,7 @@ def test_installed_custom_type_is_loaded_from_its_msg_file(tmp_path, monkeypatch
             header=bags.make_header(T0), level=ts.types["acme_test_msgs/msg/Level"](value=1),
             points=[Point(x=1.0, y=2.0, z=3.0)])
         bag.write("/reading", T0, msg)
-    (got,) = bags.read_bag(tmp_path / "bag")
+    (got,) = read_bag(tmp_path / "bag")
     assert got.msg.level.value == 1 and got.msg.points[0].z == 3.0
     with pytest.raises(bags.BagError, match="unknown message type acme_test_msgs/msg/Missing"):
-        bags.BagWriter(tmp_path / "bag2").add_topic("/x", "acme_test_msgs/msg/Missing")
+        BagWriter(tmp_path / "bag2").add_topic("/x", "acme_test_msgs/msg/Missing")

@@ -18,8 +18,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from fer_ros.bags import cli as bag_cli  # noqa: E402
-from fer_ros.bags import rosbag as bags  # noqa: E402
+from fer_ros.bags.io import BagReader  # noqa: E402
+from fer_ros.bags import messages as bags  # noqa: E402
+from fer_ros.bags import record as bag_record  # noqa: E402
+from fer_ros.ros.image import image_msg_to_array  # noqa: E402
 from fer_ros.msg import FaceExpression, FaceExpressionArray  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
@@ -32,7 +34,7 @@ def test_record_live_topics(tmp_path):
     node = rclpy.create_node("fake_robot", context=ctx)
     stop = threading.Event()
     logs = []
-    recorder = threading.Thread(target=lambda: logs.append(bag_cli.record(
+    recorder = threading.Thread(target=lambda: logs.append(bag_record.record(
         tmp_path / "rec", topics=[bags.IMAGE_TOPIC, bags.EXPRESSIONS_TOPIC, "/robot/say"], stop=stop,
         log=logs.append, storage="sqlite3")))
     recorder.start()
@@ -70,7 +72,7 @@ def test_record_live_topics(tmp_path):
         node.destroy_node()
         rclpy.shutdown(context=ctx)
     assert not recorder.is_alive()
-    with bags.BagReader(tmp_path / "rec") as bag:
+    with BagReader(tmp_path / "rec") as bag:
         assert bag.storage == "sqlite3"
         assert bag.topics == {bags.IMAGE_TOPIC: bags.IMAGE_TYPE, bags.EXPRESSIONS_TOPIC: bags.EXPRESSIONS_TYPE,
                               "/robot/say": bags.STRING_TYPE}
@@ -83,7 +85,7 @@ def test_record_live_topics(tmp_path):
     assert all(e.faces[0].expression == "happy" and e.faces[0].face_id == 7 for e in exprs)
     images = [m for m in msgs if m.topic == bags.IMAGE_TOPIC]
     assert len(images) >= 4  # best effort: a loss is allowed, reordering is not
-    assert all(bags.image_to_array(m.msg).shape == (4, 6, 3) for m in images)
+    assert all(image_msg_to_array(m.msg).shape == (4, 6, 3) for m in images)
     now = time.time_ns()
     assert all(now - 60e9 < m.log_time <= now for m in msgs)  # receipt times
     import yaml
@@ -111,5 +113,5 @@ def test_record_cli_stops_cleanly_on_sigterm(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "wrote" in out
-    with bags.BagReader(tmp_path / "rec") as bag:
+    with BagReader(tmp_path / "rec") as bag:
         assert bag.topics == {}

@@ -26,9 +26,12 @@ pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
 pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
 
 from fer_ros import LABELS  # noqa: E402
-from fer_ros.bags import cli as bag_cli  # noqa: E402
 from fer_ros.bags import evaluation  # noqa: E402
-from fer_ros.bags import rosbag as bags  # noqa: E402
+from fer_ros.bags.io import BagWriter, read_bag  # noqa: E402
+from fer_ros.bags import make  # noqa: E402
+from fer_ros.bags import messages as bags  # noqa: E402
+from fer_ros.bags import replay as bag_replay  # noqa: E402
+from fer_ros.ros.image import image_msg_to_array  # noqa: E402
 
 from conftest import REPO, need_shared  # noqa: E402
 
@@ -66,7 +69,7 @@ def _node_params(model, **extra):
     return {**({"model_path": model} if model else {}), "backend": "onnxruntime", **extra}
 
 
-def _direct(video: Path, labels: bags.LabelTrack, params: dict, stamps_s):
+def _direct(video: Path, labels: make.LabelTrack, params: dict, stamps_s):
     """The same pipeline called directly on the decoded frames: {frame: (label, predicted or None)}.
 
     `stamps_s` are the stamps the replay gave the frames: the pipeline's choices (full scan
@@ -95,18 +98,18 @@ def video_bag(tmp_path_factory):
     media = need_shared("media")
     tmp = tmp_path_factory.mktemp("video")
     (tmp / "labels.csv").write_text(CSV)
-    bags.video_to_bag(media / "single_face.mp4", tmp / "in", labels=tmp / "labels.csv", start_ns=T0)
-    return media / "single_face.mp4", tmp / "in", bags.read_labels(tmp / "labels.csv")
+    make.video_to_bag(media / "single_face.mp4", tmp / "in", labels=tmp / "labels.csv", start_ns=T0)
+    return media / "single_face.mp4", tmp / "in", make.read_labels(tmp / "labels.csv")
 
 
 def test_fast_replay_matches_direct_pipeline(video_bag, model, tmp_path):
     video, bag, labels = video_bag
     params = _node_params(model)
-    summary = bag_cli.replay(bag, tmp_path / "out", rate=None, params=params, log=lambda *_: None)
+    summary = bag_replay.replay(bag, tmp_path / "out", rate=None, params=params, log=lambda *_: None)
     assert summary["frames_in"] == summary["outputs"] == 72
     result = evaluation.evaluate_bag(tmp_path / "out")
 
-    msgs = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC, bags.FRAMES_TOPIC])
+    msgs = read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC, bags.FRAMES_TOPIC])
     frame_stamps = [bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC]
     direct = _direct(video, labels, params, [t / 1e9 for t in frame_stamps])
     scored = [(t, p) for t, p in direct.values() if t is not None]
@@ -143,11 +146,11 @@ def test_fast_replay_matches_direct_pipeline(video_bag, model, tmp_path):
 def test_realtime_replay_pub_sub(video_bag, model, tmp_path):
     """Recorded speed x1.5 over real topics: stamps, labels and latency line up."""
     _, bag, _ = video_bag
-    summary = bag_cli.replay(bag, tmp_path / "out", rate=1.5, params=_node_params(model), log=lambda *_: None,
+    summary = bag_replay.replay(bag, tmp_path / "out", rate=1.5, params=_node_params(model), log=lambda *_: None,
                              max_frames=40, keep_images=True)
     assert summary["frames_in"] == 40
     assert summary["outputs"] >= 5  # the node keeps only the newest frame: a busy CPU drops some
-    msgs = bags.read_bag(tmp_path / "out")
+    msgs = read_bag(tmp_path / "out")
     published = {bags.stamp_to_ns(m.msg.stamp) for m in msgs if m.topic == bags.FRAMES_TOPIC}
     images = {bags.stamp_to_ns(m.msg.header.stamp) for m in msgs if m.topic == bags.IMAGE_TOPIC}
     gts = {m.log_time: m.msg.data for m in msgs if m.topic == bags.GROUND_TRUTH_TOPIC}
@@ -165,7 +168,7 @@ def test_realtime_replay_pub_sub(video_bag, model, tmp_path):
     for i, t in enumerate(ordered):
         assert (t - ordered[0]) / 1e9 > i / 30 / 1.5 - 0.005, i
     assert (ordered[-1] - ordered[0]) / 1e9 < 39 / 30 / 1.5 + summary["max_lag_s"] + 0.01
-    assert summary["late_frames"] == 0 or summary["max_lag_s"] > bag_cli.LATE_S
+    assert summary["late_frames"] == 0 or summary["max_lag_s"] > bag_replay.LATE_S
     result = evaluation.evaluate_bag(tmp_path / "out")
     assert result["frames_in"] == 40 and result["frames_out"] == len(outs)
     assert result["latency_ms"]["p50"] > 0
@@ -178,20 +181,20 @@ def _fer_agreement(model, tmp_path, limit):
         pytest.skip(f"{npz} missing")
     from fer_ros.perception.classifier import ExpressionClassifier
 
-    images, labels = bags.load_fer2013(npz, "PublicTest")
+    images, labels = make.load_fer2013(npz, "PublicTest")
     images, labels = images[:limit], labels[:limit]
     direct = ExpressionClassifier(model, backend="onnxruntime").predict(images).argmax(axis=1)
     direct_acc = float(np.mean(direct == labels))
 
-    bags.dataset_to_bag(npz, tmp_path / "fer", limit=limit, start_ns=T0)
+    make.dataset_to_bag(npz, tmp_path / "fer", limit=limit, start_ns=T0)
     # the bag's recommended settings (whole-image detector, no smoothing) are applied by replay
-    bag_cli.replay(tmp_path / "fer", tmp_path / "out", rate=None, params=_node_params(model), log=lambda *_: None)
+    bag_replay.replay(tmp_path / "fer", tmp_path / "out", rate=None, params=_node_params(model), log=lambda *_: None)
     result = evaluation.evaluate_bag(tmp_path / "out")
     assert result["labelled_frames"] == result["labelled_detected"] == limit
     assert result["detection_rate"] == 1.0
     assert abs(result["accuracy"] - direct_acc) <= 0.001  # within 0.1 percentage point
     # and image by image, in bag order
-    msgs = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
+    msgs = read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
     replayed = np.array([LABELS.index(m.msg.faces[0].expression) for m in msgs])
     assert np.mean(replayed == direct) >= 0.999
     assert len(set(replayed.tolist())) > 1  # a model that says the same thing for every face proves nothing
@@ -244,7 +247,7 @@ def test_compressed_image_bag_replays(model, tmp_path, media):
     ts = bags.typestore()
     Compressed = ts.types[bags.COMPRESSED_TYPE]
     cap = cv2.VideoCapture(str(media / "single_face.mp4"))
-    with bags.BagWriter(tmp_path / "rec") as bag:
+    with BagWriter(tmp_path / "rec") as bag:
         bag.add_topic("/camera/image_raw/compressed", bags.COMPRESSED_TYPE, qos="sensor_data")
         for i in range(20):
             ok, frame = cap.read()
@@ -254,20 +257,20 @@ def test_compressed_image_bag_replays(model, tmp_path, media):
             bag.write("/camera/image_raw/compressed", t + 2_000_000,
                       Compressed(header=bags.make_header(t), format="bgr8; jpeg compressed bgr8", data=data))
     (tmp_path / "l.csv").write_text("0,10,happy\n")
-    bags.label_bag(tmp_path / "rec", tmp_path / "lab", tmp_path / "l.csv", topic="/camera/image_raw/compressed")
-    summary = bag_cli.replay(tmp_path / "lab", tmp_path / "out", rate=None, params=_node_params(model),
+    make.label_bag(tmp_path / "rec", tmp_path / "lab", tmp_path / "l.csv", topic="/camera/image_raw/compressed")
+    summary = bag_replay.replay(tmp_path / "lab", tmp_path / "out", rate=None, params=_node_params(model),
                              image_topic="/camera/image_raw/compressed", log=lambda *_: None, annotated=True,
                              keep_images=True)
     assert summary["outputs"] == 20 and summary["labelled"] == 20
     # annotated frames: the input with the face box drawn in the expression's colour
-    msgs = bags.read_bag(tmp_path / "out", [bags.ANNOTATED_TOPIC, bags.IMAGE_TOPIC, bags.EXPRESSIONS_TOPIC])
+    msgs = read_bag(tmp_path / "out", [bags.ANNOTATED_TOPIC, bags.IMAGE_TOPIC, bags.EXPRESSIONS_TOPIC])
     drawn = [m.msg for m in msgs if m.topic == bags.ANNOTATED_TOPIC]
     inputs = {bags.stamp_to_ns(m.msg.header.stamp): m.msg for m in msgs if m.topic == bags.IMAGE_TOPIC}  # decoded
     exprs = {bags.stamp_to_ns(m.msg.header.stamp): m.msg for m in msgs if m.topic == bags.EXPRESSIONS_TOPIC}
     assert len(drawn) == 20
     for d in drawn[:3]:
         stamp = bags.stamp_to_ns(d.header.stamp)
-        a, b = bags.image_to_array(d), bags.image_to_array(inputs[stamp])
+        a, b = image_msg_to_array(d), image_msg_to_array(inputs[stamp])
         box = exprs[stamp].faces[0].box
         assert a.shape == b.shape == (360, 640, 3)
         changed = np.any(a != b, axis=2)
@@ -275,14 +278,14 @@ def test_compressed_image_bag_replays(model, tmp_path, media):
         assert changed.mean() < 0.2
     result = evaluation.evaluate_bag(tmp_path / "out")
     assert result["labelled_frames"] == 20 and result["detection_rate"] >= 0.9
-    out = bags.read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
+    out = read_bag(tmp_path / "out", [bags.EXPRESSIONS_TOPIC])
     assert all((m.msg.image_width, m.msg.image_height) == (640, 360) for m in out)
 
 
 def test_unstamped_camera_and_broken_frame(model, tmp_path, media):
     """A driver that leaves header.stamp at 0: labels key on log time; a corrupt message is skipped."""
     cap = cv2.VideoCapture(str(media / "single_face.mp4"))
-    with bags.BagWriter(tmp_path / "rec", storage="sqlite3") as bag:
+    with BagWriter(tmp_path / "rec", storage="sqlite3") as bag:
         bag.add_topic(bags.IMAGE_TOPIC, bags.IMAGE_TYPE)
         for i in range(12):
             ok, frame = cap.read()
@@ -292,12 +295,12 @@ def test_unstamped_camera_and_broken_frame(model, tmp_path, media):
             else:
                 bag.write(bags.IMAGE_TOPIC, t, bags.make_image(frame, 0))
     (tmp_path / "l.csv").write_text("frame,label\n" + "".join(f"{i},fear\n" for i in range(12)))
-    labelled = bags.label_bag(tmp_path / "rec", tmp_path / "lab2", tmp_path / "l.csv")
+    labelled = make.label_bag(tmp_path / "rec", tmp_path / "lab2", tmp_path / "l.csv")
     assert (labelled["frames"], labelled["labelled"], labelled["skipped"]) == (12, 11, 1)
-    gts = {m.log_time for m in bags.read_bag(tmp_path / "lab2", [bags.GROUND_TRUTH_TOPIC])}
+    gts = {m.log_time for m in read_bag(tmp_path / "lab2", [bags.GROUND_TRUTH_TOPIC])}
     assert gts == {T0 + i * 33_333_333 for i in range(12) if i != 5}  # at the images' log times
     logs = []
-    summary = bag_cli.replay(tmp_path / "lab2", tmp_path / "out", rate=None, params=_node_params(model),
+    summary = bag_replay.replay(tmp_path / "lab2", tmp_path / "out", rate=None, params=_node_params(model),
                              log=logs.append)
     assert summary["outputs"] == 11 and summary["skipped"] == 1 and summary["labelled"] == 11
     assert any("skipping an undecodable image" in line for line in logs)

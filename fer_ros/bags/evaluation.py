@@ -1,4 +1,4 @@
-"""Score expression outputs against ground truth (ROS-free; reads bags through fer_ros.bags.rosbag).
+"""Score expression outputs against ground truth (ROS-free; reads bags through fer_ros.bags.io).
 
 Matching: a ground-truth label (bag log time T) belongs to the output whose header.stamp
 is T, since outputs copy the image header and labels are written at the image stamp. When
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ros import LABELS
+from fer_ros.bags.messages import stamp_to_ns
 
 
 @dataclass
@@ -36,8 +37,6 @@ class Output:
 
 
 def output_from_msg(msg, receipt: int) -> Output:
-    from fer_ros.bags.rosbag import stamp_to_ns
-
     return Output(stamp_to_ns(msg.header.stamp), int(receipt),
                   [str(f.expression) for f in msg.faces],
                   [int(f.box.width) * int(f.box.height) for f in msg.faces])
@@ -133,11 +132,12 @@ def runtime_metrics(outputs: list[Output], frames_in: int | None = None) -> dict
 
 def load_bag(path, expressions_topic=None, ground_truth_topic=None, labels_required: bool = True):
     """(ground_truth {stamp: label}, [Output], frames_in or None) from a replay/recorded bag."""
-    from fer_ros.bags import rosbag as bags
+    from fer_ros.bags import messages as bags
+    from fer_ros.bags.io import BagReader
 
     expressions_topic = expressions_topic or bags.EXPRESSIONS_TOPIC
     ground_truth_topic = ground_truth_topic or bags.GROUND_TRUTH_TOPIC
-    with bags.BagReader(path) as bag:
+    with BagReader(path) as bag:
         bag.require(expressions_topic, bags.EXPRESSIONS_TYPE,
                     hint=" (expression outputs): make one with `fer-ros bag replay`")
         if labels_required:
