@@ -433,8 +433,9 @@ def test_async_scan_node_tracks_a_video_face_and_stops_its_scan_thread(ros, tmp_
     node = ExpressionNode(params={"backend": "onnxruntime", "model_path": model_for_tests(tmp_path),
                                   "async_scan": True, "detect_interval": 5},
                           subscribe=False, context=context)
+    pipeline = node.pipeline
     try:
-        assert node.pipeline.async_scan
+        assert pipeline.async_scan
         cap = cv2.VideoCapture(str(need_shared("media", "single_face.mp4")))
         ids, counts = set(), []
         for i in range(40):
@@ -451,7 +452,7 @@ def test_async_scan_node_tracks_a_video_face_and_stops_its_scan_thread(ros, tmp_
         assert len(ids) == 1, ids
     finally:
         node.destroy_node()
-    assert node.pipeline._executor is None
+    assert pipeline._executor is None and node.pipeline is None
 
 
 def test_every_expression_node_parameter_is_documented():

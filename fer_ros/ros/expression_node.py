@@ -10,10 +10,11 @@ results never lag behind the camera. Publishes, for every processed frame:
   `faces` when nobody is in view, so consumers know the node is alive);
 - `faces/image_annotated` sensor_msgs/Image with boxes, ids and labels (when enabled and
   somebody subscribes);
-- `/diagnostics` diagnostic_msgs/DiagnosticArray once a second: rates, latency, dropped and
-  malformed frames, backend, model.
+- `/diagnostics` diagnostic_msgs/DiagnosticArray once a second: lifecycle state, rates, latency,
+  dropped, malformed, lost-in-transport and large frames, backend, model.
 
-Malformed images are logged (throttled) and skipped; the node keeps running.
+A lifecycle node (`ros2 lifecycle set /expression_node deactivate`): only while active does it
+subscribe and publish. Malformed images are logged (throttled) and skipped; the node keeps running.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from collections import deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.node import Node
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
@@ -90,6 +92,12 @@ PARAMS = [
           "never reused).", range=(0.0, 3600.0), read_only=True),
     Param("tracking.max_age_frames", 30, "The same in frames, used for images without a stamp.",
           range=(0, 100000), read_only=True),
+    Param("autostart", True, "Configure and activate the lifecycle node at start (ros2 run, fer-ros launch); "
+          "false: wait for lifecycle transitions (`ros2 launch` sends them, or `ros2 lifecycle set`).",
+          read_only=True),
+    Param("large_frame_pixels", 1920 * 1080, "Images with more pixels are counted as large in the "
+          "diagnostics (over best-effort QoS most of them are lost on the way: downscale at the camera, "
+          "camera_node max_width). 0: never.", range=(0, 100_000_000), read_only=True),
     Param("publish_annotated", True, "Publish faces/image_annotated (drawn only while somebody subscribes)."),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.1, 60.0),
           read_only=True),
@@ -151,8 +159,11 @@ def _stamp_seconds(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-class ExpressionNode(Node):
-    """The expression node. In-process use (tests, fast bag replay):
+class ExpressionNode(LifecycleNode):
+    """The expression node, an rclpy lifecycle node: configure builds the pipeline (detector,
+    model, engine) and the publishers; activate subscribes and starts the worker; deactivate
+    stops processing; cleanup frees the pipeline. With `autostart` (default) it configures
+    and activates itself at start. In-process use (tests, fast bag replay):
 
         node = ExpressionNode(params={"backend": "onnxruntime"}, subscribe=False)
         array_msg = node.process_image(image_msg)   # synchronous; also publishes
@@ -166,42 +177,104 @@ class ExpressionNode(Node):
                 value = float(value)  # 0 for a float parameter would be a type error
             overrides.append(Parameter(name, value=value))
         super().__init__(kwargs.pop("node_name", "expression_node"), parameter_overrides=overrides, **kwargs)
-        from fer_ros.msg import FaceExpressionArray
-
         self.p = declare_params(self, PARAMS)
-        self.pipeline = build_pipeline(self.p)
-        self.backend = str(self.pipeline.classifier.backend)
-        self.model_path = str(self.pipeline.classifier.model_path)
-        out_qos = qos_from_params(self.p, "output_qos")
-        self.pub = self.create_publisher(FaceExpressionArray, "faces/expressions", out_qos)
-        self.pub_annotated = self.create_publisher(Image, "faces/image_annotated", out_qos)
+        self.subscribe = subscribe
+        self.pipeline = self.pub = self.pub_annotated = self.sub = self._worker = None
+        self.backend = self.model_path = ""
+        self._config_error = None
 
         self._lock = threading.Lock()
         self._process_lock = threading.Lock()  # one frame at a time through the pipeline
         self._wake = threading.Condition(self._lock)
         self._pending = None
         self._stop = False
-        self.stats = dict(received=0, processed=0, dropped=0, malformed=0, errors=0, faces=0)
+        self.stats = dict(received=0, processed=0, dropped=0, malformed=0, errors=0, faces=0, lost=0, large=0)
         self._latency = deque(maxlen=300)   # header stamp -> publish, ms
         self._proc_ms = deque(maxlen=300)   # pipeline time, ms
         self._done_times = deque(maxlen=300)
         self._recv_times = deque(maxlen=300)
         self._last_timings = {}
-
-        self.sub = None
-        self._worker = None
-        if subscribe:
-            self.sub = self.create_subscription(Image, self.p["image_topic"], self._on_image,
-                                                qos_from_params(self.p, "qos"))
-            self._worker = threading.Thread(target=self._work, name="expression_worker", daemon=True)
-            self._worker.start()
+        self._last_size = (0, 0)
         publish_diagnostics_every(self, self.p["diagnostics_period"], self.diagnostics)
-        topic = self.sub.topic_name if self.sub else "(none: in-process)"
+        if self.p["autostart"]:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise self._config_error or RuntimeError("configure failed (see log)")
+            self.trigger_activate()
+
+    @property
+    def lifecycle_state(self) -> str:
+        """'unconfigured', 'inactive', 'active', 'finalized' (or a transition's name)."""
+        return self._state_machine.current_state[1]
+
+    # -- lifecycle transitions --------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from fer_ros.msg import FaceExpressionArray
+
+        try:
+            self.pipeline = build_pipeline(self.p)
+        except (ValueError, FileNotFoundError, ImportError) as exc:  # bad parameter or model: say which
+            self._config_error = exc
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.backend = str(self.pipeline.classifier.backend)
+        self.model_path = str(self.pipeline.classifier.model_path)
+        out_qos = qos_from_params(self.p, "output_qos")
+        self.pub = self.create_lifecycle_publisher(FaceExpressionArray, "faces/expressions", out_qos)
+        self.pub_annotated = self.create_lifecycle_publisher(Image, "faces/image_annotated", out_qos)
         self.get_logger().info(
-            f"expressions from {topic} -> {self.pub.topic_name}; detector {self.p['detector']}, "
-            f"backend {self.backend}, model {self.model_path}, "
+            f"configured: detector {self.p['detector']}, backend {self.backend}, model {self.model_path}, "
             f"{self.pipeline.classifier.views_per_face} view(s) per face (flip_average {self.p['flip_average']}, "
             f"crop_average {self.p['crop_average']})")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        ret = super().on_activate(state)  # enables the lifecycle publishers
+        if self.subscribe:
+            self._stop = False
+            events = SubscriptionEventCallbacks(message_lost=self._on_lost)
+            self.sub = self.create_subscription(Image, self.p["image_topic"], self._on_image,
+                                                qos_from_params(self.p, "qos"), event_callbacks=events)
+            self._worker = threading.Thread(target=self._work, name="expression_worker", daemon=True)
+            self._worker.start()
+        topic = self.sub.topic_name if self.sub else "(none: in-process)"
+        self.get_logger().info(f"active: expressions from {topic} -> {self.pub.topic_name}")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.get_logger().info("inactive: not processing images")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._free()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._free()
+        return super().on_shutdown(state)
+
+    def _stop_processing(self):
+        with self._wake:
+            self._stop = True
+            self._pending = None
+            self._wake.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=2.0)
+            self._worker = None
+        if self.sub is not None:
+            self.destroy_subscription(self.sub)
+            self.sub = None
+
+    def _free(self):
+        with self._process_lock:
+            if self.pipeline is not None:
+                self.pipeline.close()  # stops the background scan thread (async_scan)
+                self.pipeline = None
+        for pub in (self.pub, self.pub_annotated):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self.pub = self.pub_annotated = None
 
     # -- newest-frame-only hand-over between the DDS callback and the worker --------------
     def _on_image(self, msg):
@@ -212,6 +285,10 @@ class ExpressionNode(Node):
                 self.stats["dropped"] += 1  # the worker was busy: the older frame is stale
             self._pending = msg
             self._wake.notify()
+
+    def _on_lost(self, info):
+        with self._lock:  # DDS gave up on these samples (large images over best-effort QoS)
+            self.stats["lost"] = int(info.total_count)
 
     def _work(self):
         while True:
@@ -240,12 +317,15 @@ class ExpressionNode(Node):
             self.get_logger().warn(f"skipping malformed image: {exc}", throttle_duration_sec=5.0)
             return None
         stamp = _stamp_seconds(msg.header.stamp)
+        large = 0 < self.p["large_frame_pixels"] < bgr.shape[0] * bgr.shape[1]
         with self._process_lock:
+            if self.pipeline is None:
+                raise RuntimeError(f"{self.get_name()} is not configured (lifecycle state {self.lifecycle_state})")
             t0 = time.perf_counter()
             results = self.pipeline.process(bgr, stamp=stamp if stamp > 0 else None)
             proc_ms = (time.perf_counter() - t0) * 1e3
         out = results_to_msg(results, msg.header, bgr.shape[1], bgr.shape[0])
-        if publish:
+        if publish and self.lifecycle_state == "active":
             self.pub.publish(out)
             if self.get_parameter("publish_annotated").value and self.pub_annotated.get_subscription_count():
                 from fer_ros.perception.annotate import draw_results
@@ -255,6 +335,8 @@ class ExpressionNode(Node):
         with self._lock:
             self.stats["processed"] += 1
             self.stats["faces"] = len(results)
+            self.stats["large"] += large
+            self._last_size = (bgr.shape[1], bgr.shape[0])
             self._proc_ms.append(proc_ms)
             self._done_times.append(now)
             self._last_timings = dict(getattr(self.pipeline, "last_timings", {}) or {})
@@ -277,38 +359,47 @@ class ExpressionNode(Node):
         def pct(values, q):
             return float(np.percentile(values, q)) if values else float("nan")
 
-        self.backend = str(self.pipeline.classifier.backend)  # may fall back at run time (TensorRT)
+        if self.pipeline is not None:  # the backend may fall back at run time (TensorRT)
+            self.backend = str(self.pipeline.classifier.backend)
+        state = self.lifecycle_state
         status = DiagnosticStatus(name=f"{self.get_name()}: facial expressions", hardware_id=self.backend)
         stale = bool(self.sub) and (not recv or recv[-1] < time.monotonic() - 5.0)
-        if s["processed"] == 0 and s["malformed"] and not s["errors"]:
+        if self._config_error is not None and self.pipeline is None:
+            status.level, status.message = DiagnosticStatus.ERROR, f"configure failed: {self._config_error}"
+        elif state != "active":
+            status.level, status.message = DiagnosticStatus.OK, f"{state}: not processing (lifecycle)"
+        elif s["processed"] == 0 and s["malformed"] and not s["errors"]:
             status.level, status.message = DiagnosticStatus.WARN, "all images so far were malformed"
         elif s["errors"] > 0 and s["processed"] == 0:
             status.level, status.message = DiagnosticStatus.ERROR, "processing fails (see log)"
         elif stale:
             status.level, status.message = DiagnosticStatus.WARN, "no images received in the last 5 s"
+        elif s["lost"] or s["large"]:
+            w, h = self._last_size
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"{rate(done):.1f} fps; {s['lost']} image(s) lost in transport, {s['large']} large "
+                              f"(last {w}x{h}): downscale at the camera (camera_node max_width)")
         else:
             status.level, status.message = DiagnosticStatus.OK, f"{rate(done):.1f} fps, {s['faces']} face(s)"
         values = {
-            "input_rate_hz": f"{rate(recv):.2f}", "processed_rate_hz": f"{rate(done):.2f}",
+            "lifecycle_state": state, "input_rate_hz": f"{rate(recv):.2f}", "processed_rate_hz": f"{rate(done):.2f}",
             "latency_ms_p50": f"{pct(lat, 50):.1f}", "latency_ms_p95": f"{pct(lat, 95):.1f}",
             "processing_ms_mean": f"{float(np.mean(proc)) if proc else float('nan'):.1f}",
             "frames_received": s["received"], "frames_processed": s["processed"],
             "frames_dropped": s["dropped"], "frames_malformed": s["malformed"], "errors": s["errors"],
+            "frames_lost_in_transport": s["lost"], "frames_large": s["large"],
+            "last_frame_size": "%dx%d" % self._last_size,
             "faces_in_last_frame": s["faces"], "backend": self.backend, "model": self.model_path,
-            "detector": self.p["detector"], "views_per_face": self.pipeline.classifier.views_per_face,
+            "detector": self.p["detector"],
+            "views_per_face": self.pipeline.classifier.views_per_face if self.pipeline else 0,
         }
         values.update({f"last_{k}_ms": f"{v:.1f}" for k, v in timings.items()})
         status.values = key_values(values)
         return status
 
     def destroy_node(self):
-        with self._wake:
-            self._stop = True
-            self._wake.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout=2.0)
-        if getattr(self, "pipeline", None) is not None:
-            self.pipeline.close()  # stops the background scan thread (async_scan)
+        self._stop_processing()
+        self._free()
         return super().destroy_node()
 
 

@@ -7,6 +7,7 @@ QoS between publisher and subscriber is the most common "no messages arrive" pro
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -102,6 +103,8 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    # Installed before rclpy.init, which chains its own SIGINT handler to this one.
+    signal.signal(signal.SIGINT, _interrupt_once())
     rclpy.init(args=args)
     node = None
     try:
@@ -117,6 +120,20 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _interrupt_once():
+    """SIGINT handler raising KeyboardInterrupt the first time only. A terminal Ctrl-C reaches
+    every process of the group and `ros2 launch` forwards it again, so each node gets SIGINT
+    twice; the second must not interrupt destroy_node() (traceback, exit code -2)."""
+    seen = []
+
+    def handler(signum, frame):
+        if not seen:
+            seen.append(signum)
+            raise KeyboardInterrupt
+
+    return handler
 
 
 def publish_diagnostics_every(node, period: float, make_status) -> None:

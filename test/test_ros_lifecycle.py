@@ -1,0 +1,172 @@
+"""expression_node as a lifecycle node, driven through its lifecycle services (what
+`ros2 lifecycle set /expression_node ...` calls), and its diagnostics of large frames."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
+pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from fer_ros.msg import FaceExpressionArray  # noqa: E402
+from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
+
+DOMAIN = random.randint(101, 200)
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+NODE = "lifecycle_expression_node"
+TOPIC = "/lifecycle_test/image"
+
+
+@pytest.fixture(scope="module")
+def ros():
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN)
+    executor = SingleThreadedExecutor(context=context)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield context, executor
+    executor.shutdown(timeout_sec=2)
+    rclpy.try_shutdown(context=context)
+
+
+def face_image(i: int, width=160, height=160):
+    header = Header(frame_id="lc")
+    header.stamp.sec, header.stamp.nanosec = 7000 + i, 0
+    bgr = np.random.default_rng(i).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return bgr_to_image_msg(bgr, header=header)
+
+
+def call(client, request, timeout=10.0):
+    assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
+    future = client.call_async(request)
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert future.done(), f"no answer from {client.srv_name}"
+    return future.result()
+
+
+def results_while_publishing(pub, received, seconds=1.5):
+    """Publish an image every 50 ms for `seconds`; the stamps of the results that came back."""
+    received.clear()
+    for i in range(int(seconds / 0.05)):
+        pub.publish(face_image(i))
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return [r.header.stamp.sec for r in received]
+
+
+def test_lifecycle_services_configure_activate_deactivate_cleanup(ros):
+    from fer_ros.ros.expression_node import ExpressionNode
+
+    context, executor = ros
+    node = ExpressionNode(params={"autostart": False, "detector": "whole", "backend": "onnxruntime",
+                                  "image_topic": TOPIC}, node_name=NODE, context=context)
+    client = rclpy.create_node("lifecycle_client", context=context)
+    received = []
+    client.create_subscription(FaceExpressionArray, "/faces/expressions", received.append,
+                               QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    pub = client.create_publisher(Image, TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    change = client.create_client(ChangeState, f"/{NODE}/change_state")
+    get = client.create_client(GetState, f"/{NODE}/get_state")
+    executor.add_node(node)
+    executor.add_node(client)
+
+    def set_state(transition):
+        return call(change, ChangeState.Request(transition=Transition(id=transition))).success
+
+    def state():
+        return call(get, GetState.Request()).current_state.label
+
+    def diag():
+        return {kv.key: kv.value for kv in node.diagnostics().values}
+
+    try:
+        # autostart false: nothing loaded, nothing subscribed until told
+        assert state() == "unconfigured" and node.pipeline is None and node.sub is None
+        assert diag()["lifecycle_state"] == "unconfigured"
+        assert set_state(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
+        assert node.pipeline is not None and node.sub is None
+        assert diag()["lifecycle_state"] == "inactive"
+        assert results_while_publishing(pub, received) == []
+
+        assert set_state(Transition.TRANSITION_ACTIVATE) and state() == "active"
+        deadline = time.monotonic() + 10
+        while node.count_publishers(TOPIC) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stamps = results_while_publishing(pub, received, seconds=3.0)
+        assert len(stamps) >= 5, stamps
+        assert all(len(r.faces) == 1 for r in received)  # detector 'whole': the image is the face
+        assert diag()["lifecycle_state"] == "active"
+
+        assert set_state(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+        assert node.sub is None and node.pipeline is not None
+        processed = node.stats["processed"]
+        assert results_while_publishing(pub, received) == []
+        assert node.stats["processed"] == processed
+        assert node.diagnostics().message.startswith("inactive")
+
+        assert set_state(Transition.TRANSITION_CLEANUP) and state() == "unconfigured"
+        assert node.pipeline is None and node.pub is None
+        # and back: a cleaned-up node can be configured and activated again
+        assert set_state(Transition.TRANSITION_CONFIGURE) and set_state(Transition.TRANSITION_ACTIVATE)
+        assert len(results_while_publishing(pub, received, seconds=3.0)) >= 5
+    finally:
+        executor.remove_node(node)
+        executor.remove_node(client)
+        node.destroy_node()
+        client.destroy_node()
+
+
+def test_a_bad_model_fails_configure_and_the_node_stays_unconfigured(ros, tmp_path):
+    """Through the lifecycle service a bad parameter is a failed transition (the node keeps
+    running and says why in diagnostics), not a crash."""
+    from fer_ros.ros.expression_node import ExpressionNode
+
+    context, _ = ros
+    node = ExpressionNode(params={"autostart": False, "model_path": str(tmp_path / "missing.onnx"),
+                                  "backend": "onnxruntime"}, node_name="bad_model_node", context=context)
+    try:
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state == "unconfigured" and node.pipeline is None
+        status = node.diagnostics()
+        assert status.level == status.ERROR and "missing.onnx" in status.message
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("width,height", [(3840, 2160), (2560, 1440)])
+def test_large_frames_are_processed_and_reported_in_diagnostics(ros, width, height):
+    """A 4K frame in-process: processed (boxes in full-resolution pixels), and counted as large
+    with a hint to downscale at the camera, since over best-effort QoS most such frames are lost."""
+    from fer_ros.ros.expression_node import ExpressionNode
+
+    context, _ = ros
+    node = ExpressionNode(params={"detector": "whole", "backend": "onnxruntime"}, subscribe=False,
+                          node_name="large_frame_node", context=context)
+    try:
+        out = node.process_image(face_image(1, width, height), publish=False)
+        assert (out.image_width, out.image_height) == (width, height)
+        assert (out.faces[0].box.width, out.faces[0].box.height) == (width, height)
+        values = {kv.key: kv.value for kv in node.diagnostics().values}
+        assert values["frames_large"] == "1" and values["last_frame_size"] == f"{width}x{height}"
+        status = node.diagnostics()
+        assert status.level == status.WARN and "max_width" in status.message
+        node.process_image(face_image(2), publish=False)  # small frames are not counted
+        assert {kv.key: kv.value for kv in node.diagnostics().values}["frames_large"] == "1"
+    finally:
+        node.destroy_node()
