@@ -223,6 +223,60 @@ def test_label_recorded_bag(tmp_path):
     assert len(read_bag(tmp_path / "out", [bags.IMAGE_TOPIC])) == 10
 
 
+def test_label_rows_outside_the_bag_are_reported(tmp_path, capsys):
+    """A range past the end (seconds typed as milliseconds) or a frame past the last one labels
+    nothing; the summary and `fer-ros bag label` name those rows instead of accepting them silently."""
+    import argparse
+
+    from fer_ros.bags import cli
+
+    src = tmp_path / "rec"
+    with BagWriter(src) as bag:
+        bag.add_topic(bags.IMAGE_TOPIC, bags.IMAGE_TYPE)
+        for i in range(10):  # 0.0 .. 0.9 s
+            stamp = T0 + i * 100_000_000
+            bag.write(bags.IMAGE_TOPIC, stamp, bags.make_image(np.full((4, 4), i, np.uint8), stamp))
+    csv = tmp_path / "l.csv"
+    csv.write_text("start_s,end_s,label\n0.0,0.3,happy\n250,650,fear\n")
+    summary = make.label_bag(src, tmp_path / "out", csv)
+    assert summary["labelled"] == 3 and summary["unmatched_labels"] == ["250-650 s fear"]
+    (tmp_path / "f.csv").write_text("frame,label\n2,sad\n10,angry\n")
+    args = argparse.Namespace(bag_command="label", bag=src, output=tmp_path / "out2", labels=tmp_path / "f.csv",
+                              image_topic=bags.IMAGE_TOPIC, storage=None, overwrite=False)
+    assert cli.run(args) == 0
+    out, err = capsys.readouterr()
+    assert "1 of 10 images labelled" in out
+    assert "warning: 1 row(s)" in err and "frame 10 angry" in err and "sad" not in err
+
+
+def test_compact_fer2013_npz_decodes_like_the_full_one(tmp_path):
+    """The compact copy stores the JPEG header all files share once (`prefix`): the bag maker
+    must give the same images from it as from the full npz."""
+    import cv2
+
+    rng = np.random.default_rng(5)
+    faces = [cv2.GaussianBlur(rng.integers(0, 256, (48, 48), np.uint8), (5, 5), 0) for _ in range(4)]
+    files = [cv2.imencode(".jpg", f)[1].tobytes() for f in faces]
+    k = 0
+    while all(len(f) > k and f[k] == files[0][k] for f in files):
+        k += 1
+    assert k > 100  # JPEG headers are shared
+
+    def save(path, blobs, **extra):
+        offsets = np.cumsum([0] + [len(b) for b in blobs])
+        np.savez(path, jpeg=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+                 labels=np.array([3, 0, 6, 3]), split=np.array([1, 0, 1, 1]),
+                 split_names=np.array(["Training", "PublicTest"]), **extra)
+
+    save(tmp_path / "full.npz", files)
+    save(tmp_path / "compact.npz", [f[k:] for f in files], prefix=np.frombuffer(files[0][:k], np.uint8))
+    full, full_labels = make.load_fer2013(tmp_path / "full.npz", "PublicTest")
+    compact, compact_labels = make.load_fer2013(tmp_path / "compact.npz", "PublicTest")
+    assert full.shape == (3, 48, 48) and full_labels.tolist() == compact_labels.tolist() == [3, 6, 3]
+    assert np.array_equal(full, compact)
+    assert np.abs(full[0].astype(int) - faces[0]).mean() < 10  # really the first face, decoded
+
+
 # ------------------------------------------------------------------ bad bags
 
 
