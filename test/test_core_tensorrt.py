@@ -225,6 +225,14 @@ def test_close_frees_buffers_and_releases_the_primary_context(model, tmp_path, m
         b.logits(np.zeros((1, 1, 48, 48), np.float32))
 
 
+def test_a_failed_cuda_call_names_itself_and_releases_the_context(model, tmp_path, monkeypatch):
+    trt, driver, calls = trt_stand_ins.install(monkeypatch, "11.4.0")
+    monkeypatch.setattr(driver, "cuStreamCreate", lambda flags: (trt_stand_ins.CUresult.CUDA_ERROR_INVALID_VALUE, None))
+    with pytest.raises(trtb.TensorRTError, match="cuStreamCreate failed: CUDA_ERROR_INVALID_VALUE"):
+        trtb.TensorRTBackend(model, cache_dir=tmp_path)
+    assert driver.retained == 0 and driver.stack == []
+
+
 @pytest.mark.parametrize("version", ["10.13.0", "11.4.0"])
 @pytest.mark.parametrize("failing, when", [("set_tensor_address", "start"), ("build", "start"),
                                            ("set_input_shape", "run"), ("execute_async_v3", "run")])

@@ -179,6 +179,8 @@ class CudaDevice:
 
     def __init__(self, index: int = 0):
         self.cu = import_cuda_driver()
+        self.ctx = self.stream = None
+        self._device_ptrs, self._host_ptrs = [], []
         self.call("cuInit", 0)
         self.device = self.call("cuDeviceGet", int(index))
         self.name = bytes(self.call("cuDeviceGetName", 256, self.device)).split(b"\0", 1)[0].decode(errors="replace")
@@ -187,9 +189,12 @@ class CudaDevice:
             int(self.call("cuDeviceGetAttribute", a, self.device))
             for a in (attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR))
         self.ctx = self.call("cuDevicePrimaryCtxRetain", self.device)
-        self._device_ptrs, self._host_ptrs, self.stream = [], [], None
-        with self:
-            self.stream = self.call("cuStreamCreate", 0)
+        try:
+            with self:
+                self.stream = self.call("cuStreamCreate", 0)
+        except BaseException:
+            self.close()  # release the retained context: nothing else will
+            raise
 
     def call(self, fn: str, *args):
         err, *values = getattr(self.cu, fn)(*args)
