@@ -8,35 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def confusion(y_true, y_pred, n: int) -> np.ndarray:
-    """Counts [n, n]: row = true class, column = predicted class."""
-    cm = np.zeros((n, n), np.int64)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return cm
-
-
-def metrics(y_true, y_pred, class_names) -> dict:
-    """accuracy, macro precision/recall/F1 (over classes present in y_true), per-class, confusion."""
-    n = len(class_names)
-    cm = confusion(y_true, y_pred, n)
-    tp = np.diag(cm).astype(float)
-    pred_n, true_n = cm.sum(0), cm.sum(1)
-    prec = np.divide(tp, pred_n, out=np.zeros(n), where=pred_n > 0)
-    rec = np.divide(tp, true_n, out=np.zeros(n), where=true_n > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(n), where=(prec + rec) > 0)
-    present = true_n > 0
-    return {
-        "n": int(cm.sum()),
-        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "macro_precision": float(prec[present].mean()),
-        "macro_recall": float(rec[present].mean()),
-        "macro_f1": float(f1[present].mean()),
-        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(class_names, prec, rec, f1, true_n)},
-        "class_names": list(class_names),
-        "confusion": cm.tolist(),
-    }
+from fer_ros.perception.metrics import confusion, metrics  # noqa: F401 - one home, used from here
 
 
 def _plt():

@@ -17,6 +17,7 @@ import numpy as np
 
 from fer_ros import LABELS
 from fer_ros.bags.messages import stamp_to_ns
+from fer_ros.perception.metrics import confusion, per_class
 
 
 @dataclass
@@ -42,28 +43,6 @@ def output_from_msg(msg, receipt: int) -> Output:
                   [int(f.box.width) * int(f.box.height) for f in msg.faces])
 
 
-def confusion_matrix(true, pred, labels=LABELS) -> np.ndarray:
-    """Counts [len(labels), len(labels)]: rows true class, columns predicted class."""
-    index = {label: i for i, label in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), np.int64)
-    for t, p in zip(true, pred):
-        cm[index[t], index[p]] += 1
-    return cm
-
-
-def per_class(cm: np.ndarray, labels=LABELS) -> dict:
-    """precision/recall/F1/support per class from a confusion matrix (0 where undefined)."""
-    out = {}
-    for i, label in enumerate(labels):
-        tp = int(cm[i, i])
-        predicted, support = int(cm[:, i].sum()), int(cm[i, :].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-    return out
-
-
 def _percentile(values, q) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
@@ -85,8 +64,9 @@ def evaluate(ground_truth: dict[int, str], outputs: list[Output], frames_in: int
         detected += 1
         true.append(label)
         pred.append(out.subject)
-    cm = confusion_matrix(true, pred)
-    classes = per_class(cm)
+    index = {label: i for i, label in enumerate(LABELS)}
+    cm = confusion([index[t] for t in true], [index[p] for p in pred], len(LABELS))
+    classes = per_class(cm, LABELS)
     correct = int(np.trace(cm))
     labelled = len(ground_truth)
     result = runtime_metrics(outputs, frames_in if frames_in is not None else max(labelled, len(by_stamp)))
