@@ -232,6 +232,14 @@ def test_a_failed_cuda_call_names_itself_and_releases_the_context(model, tmp_pat
         trtb.TensorRTBackend(model, cache_dir=tmp_path)
     assert driver.retained == 0 and driver.stack == []
 
+    def no_driver(flags):  # what cuda-bindings 12.9 does where no NVIDIA driver is installed
+        raise RuntimeError('"cuda" is an NVIDIA driver library and can only be found via system search')
+
+    monkeypatch.setattr(driver, "cuInit", no_driver)
+    with pytest.raises(trtb.TensorRTError, match="CUDA cuInit failed .*NVIDIA driver library"):
+        trtb.TensorRTBackend(model, cache_dir=tmp_path)
+    assert trtb.cuda_device_count() == 0
+
 
 @pytest.mark.parametrize("version", ["10.13.0", "11.4.0"])
 @pytest.mark.parametrize("failing, when", [("set_tensor_address", "start"), ("build", "start"),

@@ -197,7 +197,10 @@ class CudaDevice:
             raise
 
     def call(self, fn: str, *args):
-        err, *values = getattr(self.cu, fn)(*args)
+        try:
+            err, *values = getattr(self.cu, fn)(*args)
+        except Exception as exc:  # noqa: BLE001 - e.g. no driver library: cuda-bindings raises, not returns
+            raise TensorRTError(f"CUDA {fn} failed ({type(exc).__name__}: {exc})") from exc
         if err != self.cu.CUresult.CUDA_SUCCESS:
             raise TensorRTError(f"CUDA {fn} failed: {getattr(err, 'name', err)}")
         return values[0] if len(values) == 1 else tuple(values)
