@@ -117,3 +117,50 @@ def test_draw_results_returns_an_annotated_bgr_copy():
         assert tuple(out[110, 40]) == COLORS["happy"]  # the box's left edge in the label's colour
         assert (out[:50] != 50).any()  # the "#7 happy 70%" label above the box
     assert draw_results(np.zeros((10, 10, 3), np.uint8), []).shape == (10, 10, 3)
+
+
+def test_annotate_below_a_file_is_a_clear_error(model, tmp_path, capsys):
+    """--annotate under a path whose parent is a file: one line saying so, no traceback, nothing written."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), np.full((64, 64, 3), 128, np.uint8))
+    rc = cli_main(["analyze", str(img), "--model", model, "--annotate", str(blocker / "out.png"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot write the annotated output" in err and str(blocker) in err
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def _jpeg(tmp_path, name, keep: float = 1.0):
+    """A 160x120 JPEG of a gradient, cut to `keep` of its bytes (a copy stopped mid-way)."""
+    y, x = np.mgrid[0:120, 0:160]
+    data = cv2.imencode(".jpg", np.dstack([x, y, x + y]).astype(np.uint8))[1].tobytes()
+    path = tmp_path / name
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_truncated_jpeg_is_warned_about(model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _jpeg(folder, "whole.jpg")
+    cut = _jpeg(folder, "cut.jpg", keep=0.5)
+    assert cv2.imread(str(cut)) is not None  # OpenCV decodes it without an error: the case to catch
+    rc = cli_main(["analyze", str(folder), "--model", model, "--json", str(tmp_path / "r.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "cut.jpg is truncated" in err and "whole.jpg" not in err
+    items = {i["path"].split("/")[-1]: i for i in json.loads((tmp_path / "r.json").read_text())["inputs"]}
+    assert "truncated" in items["cut.jpg"]["warnings"][0] and "warnings" not in items["whole.jpg"]
+
+
+def test_folder_of_only_unreadable_images_says_so(model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not a jpeg")
+    (folder / "b.png").write_bytes(b"\x89PNG garbage")
+    rc = cli_main(["analyze", str(folder), "--model", model, "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "a.jpg" in err and "b.png" in err  # each file's reason
+    assert "none of the 2 image/video files" in err and "Traceback" not in err

@@ -3,7 +3,8 @@ a video or a folder of them, without ROS.
 
 JSON: {"model", "backend", "detector", "inputs": [{"path", "kind", "width", "height", "fps",
 "frames": [{"frame", "time_s", "faces": [FaceResult.to_dict(), ...]}]}]}.
---annotate writes the annotated image/video (a folder of them for a folder input).
+--annotate writes the annotated image/video (a folder of them for a folder input). An image
+result may carry "warnings" (e.g. a truncated JPEG), also printed to stderr.
 A summary goes to stdout; user mistakes give a one-line error and a non-zero exit code.
 """
 
@@ -67,7 +68,22 @@ def _annotated_path(out: Path, src: Path, kind: str, many: bool) -> Path:
     return out
 
 
+def jpeg_truncated(path: Path) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it: OpenCV decodes such a file
+    without complaint and fills the missing rows with gray, where no face can be found."""
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return False
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    # Entropy-coded data never holds FF DA / FF D9 (byte stuffing), so the main image's last scan
+    # (an EXIF thumbnail's come before it) ends at the first FF D9 after the last FF DA.
+    return data.find(b"\xff\xd9", max(data.rfind(b"\xff\xda"), 0)) < 0
+
+
 def analyze_image(pipe, path: Path, annotate_to: Path | None) -> dict:
+    """One image's faces; "warnings" lists what makes the result doubtful (e.g. a truncated file)."""
     import cv2
 
     from .annotate import draw_results
@@ -75,6 +91,10 @@ def analyze_image(pipe, path: Path, annotate_to: Path | None) -> dict:
     frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if frame is None or frame.size == 0:
         raise ValueError(f"cannot read image {path} (not an image, or corrupt)")
+    warnings = []
+    if jpeg_truncated(path):
+        warnings.append(f"{path} is truncated (no JPEG end marker): only its top part was decoded, "
+                        "so faces in the rest are missed")
     if frame.dtype != "uint8":  # 16-bit PNG/TIFF: scale to 8 bit
         frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(1, int(frame.max())))
     pipe.reset(restart_ids=True)  # each file is its own scene: ids from 1
@@ -86,8 +106,9 @@ def analyze_image(pipe, path: Path, annotate_to: Path | None) -> dict:
             ok = False
         if not ok:
             raise ValueError(f"cannot write the annotated image {annotate_to} (unknown extension or bad folder?)")
-    return {"path": str(path), "kind": "image", "width": frame.shape[1], "height": frame.shape[0], "fps": None,
+    item = {"path": str(path), "kind": "image", "width": frame.shape[1], "height": frame.shape[0], "fps": None,
             "frames": [{"frame": 0, "time_s": 0.0, "faces": [r.to_dict() for r in results]}]}
+    return {**item, "warnings": warnings} if warnings else item
 
 
 def analyze_video(pipe, path: Path, annotate_to: Path | None, stride: int = 1, progress: bool = True) -> dict:
@@ -179,7 +200,10 @@ def run(args) -> int:
     many = path.is_dir()
     items, failed = [], 0
     for src, kind in inputs:
-        out = _annotated_path(annotate, src, kind, many) if annotate else None
+        try:
+            out = _annotated_path(annotate, src, kind, many) if annotate else None
+        except OSError as exc:  # e.g. a parent that is a file: the same for every input
+            return _error(f"cannot write the annotated output to {annotate}: {exc.strerror or exc}")
         try:
             if kind == "image":
                 item = analyze_image(pipe, src, out)
@@ -190,6 +214,8 @@ def run(args) -> int:
             print(f"fer-ros analyze: {'warning' if many else 'error'}: {exc}", file=sys.stderr)
             continue
         items.append(item)
+        for warning in item.get("warnings", ()):
+            print(f"fer-ros analyze: warning: {warning}", file=sys.stderr)
         if not args.quiet and args.json != "-":
             print(summary(item))
     if args.json:
@@ -205,5 +231,8 @@ def run(args) -> int:
             except OSError as exc:
                 return _error(f"cannot write {args.json}: {exc.strerror or exc}")
     if not items:
+        if many:  # the per-file warnings scroll by; say plainly that nothing was analysed
+            print(f"fer-ros analyze: error: none of the {len(inputs)} image/video files in {path} "
+                  "could be read", file=sys.stderr)
         return 1
     return 1 if failed and not many else 0
