@@ -306,3 +306,34 @@ def test_unstamped_camera_and_broken_frame(model, tmp_path, media):
     assert any("skipping an undecodable image" in line for line in logs)
     result = evaluation.evaluate_bag(tmp_path / "out")
     assert result["labelled_frames"] == result["labelled_processed"] == 11
+
+
+def test_replay_parameters_from_file_and_command_line(tmp_path):
+    """A ROS 2 params YAML (`/**` then the node's own section, nested keys joined by '.') and
+    `name:=value` overrides; names, types and ranges are checked against the node's declarations
+    before any output exists."""
+    (tmp_path / "p.yaml").write_text(
+        "/**:\n  ros__parameters:\n    smoothing: 0.2\n    max_faces: 5\n"
+        "expression_node:\n  ros__parameters:\n    detector: whole\n    tracking:\n      iou_threshold: 0.4\n"
+        "camera_node:\n  ros__parameters:\n    source: demo\n")
+    params = bag_replay.parse_params(["max_faces:=3", "flip_average:=true"], tmp_path / "p.yaml")
+    assert params == {"smoothing": 0.2, "max_faces": 3, "detector": "whole", "tracking.iou_threshold": 0.4,
+                      "flip_average": True}
+    assert bag_replay.coerce_params({"smoothing": 0}) == {"smoothing": 0.0}
+    assert isinstance(bag_replay.coerce_params({"smoothing": 0})["smoothing"], float)
+    with pytest.raises(bags.BagError, match="no parameter 'iou_threshold'.*tracking.iou_threshold"):
+        bag_replay.coerce_params({"iou_threshold": 0.5})
+    with pytest.raises(bags.BagError, match=r"max_faces must be in \["):
+        bag_replay.coerce_params({"max_faces": -1})
+    with pytest.raises(bags.BagError, match="must look like name:=value"):
+        bag_replay.parse_params(["max_faces=3"])
+    (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(bags.BagError, match="cannot read parameters file"):
+        bag_replay.parse_params([], tmp_path / "bad.yaml")
+
+
+def test_fast_replay_with_an_unusable_setting_leaves_no_output(video_bag, tmp_path):
+    _, bag, _ = video_bag
+    with pytest.raises(bags.BagError, match="cannot start the expression pipeline.*yunet"):
+        bag_replay.replay(bag, tmp_path / "out", rate=None, params={"detector": "yunet"}, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
