@@ -122,7 +122,7 @@ def test_launch_file_and_local_launcher_agree(monkeypatch, tmp_path, overrides):
     from_launcher = launcher_plan(config, overrides)
     assert from_launch_file == from_launcher
     # and both are the full node set, with the arguments the issue asks for
-    assert sorted(from_launcher) == ["camera_node", "expression_node", "therapy_node"]
+    assert sorted(from_launcher) == ["camera_node", "dashboard_node", "expression_node", "therapy_node"]
     assert {"source", "backend", "model", "config"} <= set(declared)
     assert all(kw.get("description") for kw in declared.values())
     camera, expression = from_launcher["camera_node"], from_launcher["expression_node"]

@@ -27,6 +27,7 @@ LAUNCH_ARGUMENTS = {
     "expressions_topic": ("/faces/expressions", "FaceExpressionArray topic of expression_node"),
     "annotated_topic": ("/faces/image_annotated", "annotated image topic of expression_node"),
     "session_log_dir": ("~/.ros/fer_ros/therapy_sessions", "folder where therapy_node writes session logs"),
+    "dashboard": ("true", "serve the therapist's web dashboard (dashboard_node; its URL is printed at start)"),
 }
 
 
@@ -50,6 +51,9 @@ NODES = (
     NodeSpec("therapy_node", "therapy_node", "fer_ros.ros.therapy_node",
              arguments=(("log_dir", "session_log_dir"),),
              remappings=(("faces/expressions", "expressions_topic"),)),
+    NodeSpec("dashboard_node", "dashboard_node", "fer_ros.ros.dashboard_node",
+             arguments=(("enabled", "dashboard"), ("log_dir", "session_log_dir")),
+             remappings=(("faces/expressions", "expressions_topic"), ("faces/image_annotated", "annotated_topic"))),
 )
 
 
