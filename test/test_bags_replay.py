@@ -33,7 +33,7 @@ from fer_ros.bags import messages as bags  # noqa: E402
 from fer_ros.bags import replay as bag_replay  # noqa: E402
 from fer_ros.ros.image import image_msg_to_array  # noqa: E402
 
-from conftest import REPO, need_shared  # noqa: E402
+from conftest import REPO, make_onnx_model, need_shared  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))  # keep parallel runs apart
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
@@ -46,23 +46,11 @@ def model(tmp_path_factory) -> str | None:
     """None (= the node's and the classifier's default, exactly what users get) when the package
     ships its model; else a small deterministic ONNX with the same interface ([N,1,48,48] ->
     logits [N,7]) whose predictions differ from image to image."""
-    from fer_ros.perception.classifier import default_model_path
+    from fer_ros.perception.models import default_model_path
 
     if default_model_path().is_file():
         return None
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(6).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
-        "tiny_fer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 48, 48])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])], [numpy_helper.from_array(w, "w")])
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx_model.ir_version = 8
-    path = tmp_path_factory.mktemp("model") / "tiny_fer.onnx"
-    onnx.save(onnx_model, str(path))
-    return str(path)
+    return str(make_onnx_model(tmp_path_factory.mktemp("model") / "tiny_fer.onnx", seed=6))
 
 
 def _node_params(model, **extra):

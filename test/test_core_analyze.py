@@ -11,10 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, need_shared
+from conftest import REPO, make_onnx_model, need_shared
 from fer_ros import LABELS
 from fer_ros.cli import main as cli_main
-from test_core_classifier import make_onnx_model
 
 
 @pytest.fixture(scope="module")

@@ -12,27 +12,11 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from conftest import need_shared
+from conftest import faces, make_onnx_model, need_shared
 from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier, default_model_path
 from fer_ros.perception.preprocess import crop_face, crop_faces, normalize, tta_views
-
-
-def make_onnx_model(path, seed: int = 0, in_shape=("N", 1, 48, 48), n_out: int = 7):
-    """A random linear expression 'model' with the shipped model's I/O contract."""
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array((rng.standard_normal((48 * 48, n_out)) * 0.03).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32) * 0.1, "B")
-    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])]
-    graph = helper.make_graph(nodes, "rand_fer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(in_shape))],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_out])], [w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +42,6 @@ def test_default_model_paths_point_at_the_shipped_files():
 
     assert default_model_path().is_file(), default_model_path()
     assert default_int8_model_path().parent == default_model_path().parent
-
-
-def faces(n: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
 
 
 def test_probabilities_shape_and_sum(clf):

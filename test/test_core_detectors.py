@@ -7,32 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import need_shared
+from conftest import frames, need_shared, read, scene_cut
 from fer_ros.perception.detectors import HaarDetector, make_detector
 
 YUNET = ("models", "face_detection_yunet_2026may.onnx")
-
-
-def read(name: str) -> np.ndarray:
-    img = cv2.imread(str(need_shared("media", name)))
-    assert img is not None, name
-    return img
-
-
-def frames(name: str) -> list[np.ndarray]:
-    cap, out = cv2.VideoCapture(str(need_shared("media", name))), []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            return out
-        out.append(f)
-
-
-def scene_cut(video: list[np.ndarray]) -> int:
-    """Index of the first frame after the largest content jump (where the face comes in)."""
-    small = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (64, 36)).astype(np.float32) for f in video]
-    diffs = [np.abs(a - b).mean() for a, b in zip(small[:-1], small[1:])]
-    return int(np.argmax(diffs[: len(diffs) - 2])) + 1  # the last frames may fade to black
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import need_shared
+from conftest import frames, make_onnx_model, need_shared, read, scene_cut
 from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier
 from fer_ros.perception.pipeline import ExpressionPipeline, FaceResult
 from fer_ros.perception.preprocess import FRAMINGS, Framing, crop_faces
-from test_core_classifier import make_onnx_model
-from test_core_detectors import frames, read, scene_cut
 
 
 @pytest.fixture(scope="module")

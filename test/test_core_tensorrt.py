@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 
 import trt_stand_ins
+from conftest import faces, make_onnx_model
 from fer_ros.cli import main as cli_main
 from fer_ros.perception import tensorrt_backend as trtb
 from fer_ros.perception.classifier import ExpressionClassifier
-from test_core_classifier import faces, make_onnx_model
 
 GPU = "NVIDIA H100 80GB HBM3"
 

@@ -32,35 +32,11 @@ from fer_ros import LABELS  # noqa: E402
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
 
-from conftest import REPO, need_shared  # noqa: E402
+from conftest import REPO, model_for_tests, need_shared  # noqa: E402
 
 DOMAIN = random.randint(1, 100)
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)  # subprocesses too
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-
-
-def model_for_tests(tmp_dir: Path) -> str:
-    """The shipped model when present; else a small deterministic ONNX with the same
-    interface ([N,1,48,48] -> logits [N,7]), since these tests check plumbing, not accuracy."""
-    from fer_ros.perception.classifier import default_model_path
-
-    if default_model_path().is_file():
-        return str(default_model_path())
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).normal(0, 0.05, (48 * 48, 7)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
-        "tiny_fer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 48, 48])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
-        [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_dir / "tiny_fer.onnx"
-    onnx.save(model, str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
