@@ -215,3 +215,15 @@ def test_token_required_when_set():
     c2 = TestClient(create_app(_Stub(), token="s3cret"))
     assert c2.get("/api/state", headers={"X-Dashboard-Token": "s3cret"}).status_code == 200
     assert c2.get("/static/app.js", headers={"X-Dashboard-Token": "s3cret"}).status_code == 200
+
+
+def test_dashboard_off_from_the_launch_argument(tmp_path):
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN)
+    try:
+        node = DashboardNode(context=ctx, parameter_overrides=[Parameter("enabled", value="false")])
+        assert node.server is None and not hasattr(node, "app")
+        assert node.get_subscriptions_info_by_topic("/therapy/state") == []
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)

@@ -165,6 +165,7 @@ async function pollLive() {
 }
 
 let frameUrl = null;
+function noFrame() { $("frame").hidden = true; $("no-frame").hidden = false; }
 async function frameLoop() {
   // Only while the page is shown: the server drops the image subscription when nobody asks.
   if (document.visibilityState === "visible") {
@@ -173,13 +174,14 @@ async function frameLoop() {
       if (r.status === 200) {
         const url = URL.createObjectURL(await r.blob());
         $("frame").src = url;
+        $("frame").hidden = false;
         $("no-frame").hidden = true;
         if (frameUrl) URL.revokeObjectURL(frameUrl);
         frameUrl = url;
       } else {
-        $("no-frame").hidden = false;
+        noFrame();
       }
-    } catch (e) { $("no-frame").hidden = false; }
+    } catch (e) { noFrame(); }
   }
   setTimeout(frameLoop, config.frame_interval * 1000);
 }
