@@ -7,7 +7,8 @@ import torch
 from conftest import need_shared
 from training.model import MobileNetV1, load_imagenet
 from training.report import metrics
-from training.train import CenterLoss, WeightEMA
+from training.losses import CenterLoss
+from training.weights import WeightEMA
 
 
 def test_center_loss_value_and_gradient():

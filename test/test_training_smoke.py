@@ -104,7 +104,7 @@ def test_training_evaluation_averages_the_views_the_classifier_averages(small_fe
     deployed one; a batch split across views keeps faces and views apart."""
     from fer_ros.perception.classifier import ExpressionClassifier
     from training.model import MobileNetV1
-    from training.train import predict_logits, recalibrate_bn
+    from training.evaluate import predict_logits, recalibrate_bn
 
     torch.manual_seed(0)
     net = MobileNetV1(width=0.25)

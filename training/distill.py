@@ -17,7 +17,7 @@ import torch
 
 from training import data as D
 from training.model import load_checkpoint
-from training.train import predict_logits
+from training.evaluate import predict_logits
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,8 @@ import torch
 from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
 from training.report import metrics, plot_confusion, plot_curves, write_json
-from training.train import TrainConfig, pick_device, predict_logits, train_model
+from training.evaluate import evaluate, pick_device, predict_logits
+from training.train import TrainConfig, train_model
 
 STAGE2 = dict(lr=0.045, epochs=30, bn_recal=True)
 
@@ -58,9 +59,24 @@ def training_groups(fs: D.FaceSet, train_idx, train_fs: D.FaceSet) -> D.FaceSet:
     return train_fs.subset(np.flatnonzero(np.isin(train_fs.group, fs.group[train_idx])))
 
 
+def inner_split(fs: D.FaceSet, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of a training fold: about `fraction` of each class held out,
+    whole groups (CK+ sequences) at a time so no sequence is on both sides."""
+    rng = np.random.default_rng([seed, 7])
+    units = fs.group if fs.group is not None else np.arange(len(fs))
+    val = []
+    for c in np.unique(fs.labels):
+        us = np.unique(units[fs.labels == c])
+        rng.shuffle(us)
+        val.extend(us[:max(1, int(round(fraction * len(us))))])
+    is_val = np.isin(units, val)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
 def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5, fold_seed: int = 0,
            folds=None, train_fs: D.FaceSet | None = None) -> dict:
-    """k-fold CV: train on k-1 folds, test the last-epoch model on the held-out fold.
+    """k-fold CV: train on k-1 folds, test the last-epoch model on the held-out fold (or, with
+    cfg.inner_val, the epoch that scores best on a validation split of the training folds).
     With `train_fs`, folds are still formed (and tested) on `fs`, but each fold trains on the
     samples of `train_fs` from its training groups (training_groups)."""
     out = Path(out)
@@ -71,10 +87,18 @@ def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5,
         train_idx = np.setdiff1d(np.arange(len(fs)), test_idx)
         train = fs.subset(train_idx) if train_fs is None else training_groups(fs, train_idx, train_fs)
         fcfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
-        _, res = train_model(train, fs.subset(test_idx), fcfg, out=out / f"fold{i}",
-                             quiet=True, select=False, save_last=False)
-        m = res["val"]
+        test = fs.subset(test_idx)
+        if cfg.inner_val > 0:  # choose the epoch on part of the training folds; test once
+            tr, va = inner_split(train, cfg.inner_val, fcfg.seed)
+            model, res = train_model(train.subset(tr), train.subset(va), fcfg, out=out / f"fold{i}",
+                                     quiet=True, select=True, save_last=False)
+            m, _ = evaluate(model, test, pick_device(cfg.device), flip=cfg.eval_flip, crops=cfg.eval_crops)
+            write_json({**res, "val": m, "inner_val": res["val"]}, out / f"fold{i}" / "result.json")
+        else:
+            _, res = train_model(train, test, fcfg, out=out / f"fold{i}", quiet=True, select=False, save_last=False)
+            m = res["val"]
         per_fold.append({"fold": i, "n_train": len(train), "n_test": len(test_idx), "accuracy": m["accuracy"],
+                         "selected_epoch": res.get("selected_epoch"),
                          "macro_f1": m["macro_f1"],
                          "test_subjects": sorted(set(fs.subject[test_idx].tolist())) if by == "subject" else None})
         y_all.append(fs.labels[test_idx])
@@ -152,6 +176,8 @@ def epoch_ceiling(run) -> dict:
     run reports) and of the best epoch of each fold. The second picks epochs on the test folds, so
     it is not a result: it bounds what any epoch-selection rule could reach with these models."""
     run = Path(run)
+    if (run / "result.json").exists() and json.loads((run / "result.json").read_text())["config"].get("inner_val"):
+        raise ValueError(f"{run}: its fold histories score an inner validation split, not the test folds")
     hist = [json.loads(p.read_text()) for p in sorted(run.glob("fold*/history.json"))]
     if not hist or any("val_acc" not in h[-1] for h in hist):
         raise ValueError(f"{run}: no fold histories with test-fold accuracy")
@@ -190,7 +216,7 @@ def main(argv=None) -> int:
         p.add_argument("--shared", default=None)
         p.add_argument("--init", default="imagenet", help="imagenet, scratch, or a stage-1 checkpoint (two-stage)")
         for f in fields(TrainConfig):
-            if f.name in ("init", "shared", "extra", "progress"):
+            if f.name in ("init", "shared", "progress"):
                 continue
             t = type(f.default)
             if t is bool:

@@ -12,7 +12,6 @@ accuracy), history.json, train.log, curves.png, confusion.png, result.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import time
@@ -23,38 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fer_ros import LABELS
-from fer_ros.perception.preprocess import TTA_CROP, normalize, tta_view_count, tta_views
 from training import data as D
+from training.evaluate import evaluate, pick_device, recalibrate_bn
+from training.losses import CenterLoss, classification_loss
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
-from training.report import metrics, plot_confusion, plot_curves, write_json
-
-
-# ---------------------------------------------------------------- center loss
-class CenterLoss(nn.Module):
-    """Center loss of Wen et al. (ECCV 2016): L_C = 1/(2m) * sum_i ||x_i - c_{y_i}||^2 over a
-    batch of m features (the mean, as in their Caffe layer), added to cross-entropy with
-    weight lambda. The centres are NOT trained by the optimiser: after each step they move
-    by Wen's rule  c_j <- c_j - alpha * sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)."""
-
-    def __init__(self, num_classes: int, dim: int):
-        super().__init__()
-        self.register_buffer("centers", torch.zeros(num_classes, dim))
-
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        c = self.centers[labels].to(feats.dtype)
-        return 0.5 * ((feats - c) ** 2).sum(1).mean()
-
-    @torch.no_grad()
-    def update(self, feats: torch.Tensor, labels: torch.Tensor, alpha: float) -> None:
-        feats = feats.detach().float()
-        k = self.centers.shape[0]
-        diff = self.centers[labels] - feats  # c_{y_i} - x_i
-        num = torch.zeros_like(self.centers).index_add_(0, labels, diff)
-        n = torch.bincount(labels, minlength=k).to(feats.dtype)
-        self.centers -= alpha * num / (1.0 + n)[:, None]
+from training.report import plot_confusion, plot_curves, write_json
+from training.weights import WeightAverage, WeightEMA, interpolate
 
 
 # ---------------------------------------------------------------- config
@@ -72,6 +47,7 @@ class TrainConfig:
     schedule: str = "step"  # "step" (paper: x0.94 every 15 epochs) or "cosine"
     center_lambda: float = 0.001  # 0 disables center loss (softmax only)
     center_alpha: float = 0.001
+    center_reduction: str = "mean"  # "mean" over the batch (Wen's Caffe layer) or "sum" (the printed formula)
     init: str = "imagenet"  # "imagenet", "scratch", or a checkpoint path (stage 2)
     first_conv: str = "fresh"  # "fresh" or "rgbsum" (ImageNet init only)
     dropout: float = 0.5
@@ -94,6 +70,11 @@ class TrainConfig:
     bn_recal: bool = False  # re-estimate BN statistics on the training faces before evaluating
     bn_recal_max: int = 5000  # ...after every epoch when the set is this small, else after the last
     backbone_lr_mult: float = 1.0  # <1: layers before the classifier learn at this fraction of lr (stage 2)
+    probe_epochs: int = 0  # first train only the classifier on frozen features for this many epochs (stage 2)
+    swa_from: int = 0  # >0: the result is the average of the weights after epochs swa_from..epochs (1-based)
+    interp: float = 1.0  # <1: the result moves to (1-interp) * initial + interp * trained weights (WiSE-FT)
+    inner_val: float = 0.0  # CV (training.experiments): >0 holds out this fraction of each training fold
+    # to choose the epoch on, never the test fold
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the paper's plain softmax loss)
     distill: str = ""  # .npy of teacher logits [N, C], one row per training face (training.distill)
     distill_weight: float = 0.5  # loss = (1-w) * CE + w * T^2 * KL(teacher_T || student_T)
@@ -112,12 +93,6 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** (epoch // cfg.decay_every)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
     """Build the network for `class_names` and initialise it per cfg.init."""
     log = log or logging.getLogger("training")
@@ -129,7 +104,7 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
     elif cfg.init == "scratch":
         log.info("random init")
     else:
-        ck = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        ck = _load(cfg.init, "cpu")
         src = build(ck["config"])
         src.load_state_dict(ck["state_dict"])
         if src.width != cfg.width:
@@ -150,87 +125,6 @@ def make_model(cfg: TrainConfig, class_names, log=None) -> MobileNetV1:
         if list(class_names) == src_names and "centers" in ck:
             model._init_centers = ck["centers"]  # same classes: continue with the trained centres
     return model
-
-
-# ---------------------------------------------------------------- evaluation
-@torch.no_grad()
-def view_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False, crops: bool = False,
-                scale: float = TTA_CROP) -> np.ndarray:
-    """Logits [V, N, C] of every test-time view of uint8 faces (`preprocess.tta_views` order:
-    the face, its crops, then the mirror images of all of them)."""
-    model.eval()
-    out = []
-    for i in range(0, len(faces48), batch):
-        views = tta_views(faces48[i:i + batch], crops=crops, flip=flip, scale=scale)  # [V, n, 48, 48]
-        x = torch.from_numpy(normalize(views.reshape(-1, *views.shape[2:]))).to(device)
-        logits = torch.cat([model(x[j:j + batch]).float() for j in range(0, len(x), batch)])
-        out.append(logits.reshape(len(views), -1, logits.shape[1]).cpu())
-    if not out:
-        return np.zeros((tta_view_count(crops, flip), 0, model.num_classes), np.float32)
-    return torch.cat(out, dim=1).numpy()
-
-
-def predict_logits(model, faces48: np.ndarray, device, batch: int = 1024, flip: bool = False,
-                   with_plain: bool = False, crops: bool = False):
-    """Logits for uint8 faces; flip/crops average them over the test-time views of each face
-    (`preprocess.tta_views`, what ExpressionClassifier(flip_average, crop_average) computes).
-    with_plain=True also returns the logits of the faces alone."""
-    lg = view_logits(model, faces48, device, batch, flip=flip, crops=crops)
-    return (lg.mean(0), lg[0]) if with_plain else lg.mean(0)
-
-
-def evaluate(model, fs: D.FaceSet, device, class_names=None, flip: bool = False, with_plain: bool = False,
-             crops: bool = False):
-    """(metrics, mean cross-entropy) on a FaceSet (no augmentation); with_plain=True adds the
-    accuracy without flip averaging (same forward passes) as a third element."""
-    logits, plain = predict_logits(model, fs.faces48(), device, flip=flip, with_plain=True, crops=crops)
-    y = fs.labels
-    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()) if len(y) else 0.0
-    m = metrics(y, logits.argmax(1), class_names or fs.class_names)
-    return (m, loss, float((plain.argmax(1) == y).mean()) if len(y) else 0.0) if with_plain else (m, loss)
-
-
-@torch.no_grad()
-def recalibrate_bn(model, faces48: np.ndarray, device, batch: int = 256) -> None:
-    """Re-estimate BatchNorm running statistics as exact averages over `faces48` (no
-    augmentation), so evaluation uses statistics of the final weights. Used for the small
-    stage-2 sets, where a few hundred steps at a high learning rate outrun the running means."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    was = model.training
-    model.train()
-    for i in range(0, len(faces48), batch):
-        x = torch.from_numpy(normalize(faces48[i:i + batch])).to(device)
-        if len(x) > 1:
-            model(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was)
-
-
-class WeightEMA:
-    """Exponential moving average of a model's weights and BatchNorm statistics (Polyak
-    averaging). Evaluated instead of the raw weights, it averages out the noise of the last
-    SGD steps, which on FER-2013 swings PublicTest accuracy by a point from epoch to epoch."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
-        self._float = [(e, m) for e, m in pairs if e.dtype.is_floating_point]
-        self._other = [(e, m) for e, m in pairs if not e.dtype.is_floating_point]  # BN step counters
-
-    @torch.no_grad()
-    def update(self) -> None:
-        ema, cur = [e for e, _ in self._float], [m for _, m in self._float]
-        torch._foreach_lerp_(ema, cur, 1.0 - self.decay)
-        for e, m in self._other:
-            e.copy_(m)
 
 
 # ---------------------------------------------------------------- training loop
@@ -261,10 +155,93 @@ def _setup_log(out: Path | None, quiet: bool) -> logging.Logger:
     return log
 
 
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with parameter groups (weight decay?, classifier?): no weight decay on BN and biases.
+    The classifier gets groups of its own only when the backbone can learn at another rate
+    (backbone_lr_mult or a probe phase), so other runs keep the two groups (decay first) that
+    older checkpoints' optimizer states were saved with, and still resume."""
+    split_head = cfg.backbone_lr_mult != 1.0 or cfg.probe_epochs > 0
+    groups = {}
+    for n, p in model.named_parameters():
+        groups.setdefault((p.ndim > 1, split_head and n.startswith("classifier.")), []).append(p)
+    return torch.optim.SGD([{"params": groups[k], "weight_decay": cfg.weight_decay if k[0] else 0.0,
+                             "lr_mult": 1.0 if k[1] else cfg.backbone_lr_mult, "head": k[1] or not split_head}
+                            for k in sorted(groups, key=lambda k: (not k[0], k[1]))], lr=cfg.lr, momentum=cfg.momentum)
+
+
+class _Losses:
+    """The loss terms of one step: classification (+ distillation) and center loss."""
+
+    def __init__(self, cfg: TrainConfig, closs: CenterLoss, teacher_all):
+        self.cfg, self.closs, self.teacher_all = cfg, closs, teacher_all
+
+    def __call__(self, logits, feats, y, idx):
+        cfg = self.cfg
+        teacher = self.teacher_all[idx] if self.teacher_all is not None else None
+        loss = classification_loss(logits, y, cfg.label_smoothing, teacher, cfg.distill_weight, cfg.distill_t)
+        if cfg.center_lambda > 0:
+            loss = loss + cfg.center_lambda * self.closs(feats, y)
+        return loss
+
+    def after_step(self, feats, y):
+        if self.cfg.center_lambda > 0:
+            self.closs.update(feats, y, self.cfg.center_alpha)
+
+
+def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg: TrainConfig, device, probe: bool,
+                 desc: str, show: bool):
+    """One pass over the augmented faces in `perm` order; returns (mean loss, accuracy)."""
+    model.train()
+    if probe:  # linear probe: frozen features, BatchNorm statistics included
+        model.features.eval()
+    use_amp = cfg.amp and device.type == "cuda"
+    nb = len(perm) // cfg.batch + (1 if len(perm) % cfg.batch >= 2 else 0)
+    steps = range(nb)
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = steps = tqdm(steps, desc=desc, leave=False, dynamic_ncols=True)
+    tot_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    perm_t = torch.from_numpy(perm).to(device)
+    for b in steps:
+        idx = perm_t[b * cfg.batch:(b + 1) * cfg.batch]
+        x = x_all[idx].float().unsqueeze(1).mul_(1 / 127.5).sub_(1.0)  # == preprocess.normalize
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = labels_all[idx]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits, feats = model(x, return_features=True)
+        logits, feats = logits.float(), feats.float()
+        loss = losses(logits, feats, y, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        opt.step()
+        losses.after_step(feats, y)
+        if ema:
+            ema.update()
+        tot_loss += loss.detach() * len(y)  # no GPU sync per step
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(tot_loss) / seen:.3f}", acc=f"{int(correct) / seen:.3f}")
+    if bar is not None:
+        bar.close()
+    return float(tot_loss) / max(seen, 1), int(correct) / max(seen, 1)
+
+
+def _load(path, device):
+    """A checkpoint of this package's training (tensors and plain data only: no code runs)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
 def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=None, resume: bool = False,
                 quiet: bool = False, select: bool = True, save_last: bool = True):
     """Train on `train`; evaluate `val` each epoch. Returns (model at best val accuracy when
-    select=True (else the last epoch), result dict). With `out`, writes checkpoints and logs
+    select=True (else the last epoch, or the late-epoch average with swa_from, moved towards
+    the initial weights with interp < 1), result dict). With `out`, writes checkpoints and logs
     there; resume=True continues from out/last.pt (written every epoch unless save_last=False)."""
     out = Path(out) if out else None
     log = _setup_log(out, quiet)
@@ -273,30 +250,23 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     np.random.seed(cfg.seed)
     class_names = tuple(train.class_names)
     model = make_model(cfg, class_names, log).to(device)
-    # channels_last: cuDNN's fast path, and on the 2-core CPU (oneDNN) 1.7x faster (bench/bench_train.py).
+    # channels_last: cuDNN's fast path, and on the 2-core CPU (oneDNN) 1.5x faster (bench/bench_train.py).
     model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    closs = CenterLoss(len(class_names), model.feature_dim).to(device)
+    init_state = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if cfg.interp < 1 else None)
+    closs = CenterLoss(len(class_names), model.feature_dim, cfg.center_reduction).to(device)
     if getattr(model, "_init_centers", None) is not None:
         closs.centers.copy_(model._init_centers)
         del model._init_centers
-    # Parameter groups (weight decay?, classifier?): no weight decay on BN and biases; the classifier
-    # gets its own groups only with a backbone multiplier, so other runs keep the two groups (decay
-    # first) that older checkpoints' optimizer states were saved with, and still resume.
-    split_head = cfg.backbone_lr_mult != 1.0
-    groups = {}
-    for n, p in model.named_parameters():
-        groups.setdefault((p.ndim > 1, split_head and n.startswith("classifier.")), []).append(p)
-    opt = torch.optim.SGD([{"params": groups[k], "weight_decay": cfg.weight_decay if k[0] else 0.0,
-                            "lr_mult": 1.0 if k[1] else cfg.backbone_lr_mult}
-                           for k in sorted(groups, key=lambda k: (not k[0], k[1]))], lr=cfg.lr, momentum=cfg.momentum)
+    opt = _optimizer(model, cfg)
     start, history, best = 0, [], {"val_acc": -1.0, "epoch": -1}
     best_state = None
     ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
     evalm = ema.model if ema else model  # what is evaluated, selected and saved
+    swa = WeightAverage() if cfg.swa_from > 0 else None
     if resume and out is not None and (out / "last.pt").exists():
-        ck = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        ck = _load(out / "last.pt", device)
         model.load_state_dict(ck["state_dict"])
         if ema:
             ema.model.load_state_dict(ck["ema_state_dict"])
@@ -304,21 +274,21 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         closs.centers.copy_(ck["centers"])
         start, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
         if (out / "best.pt").exists():
-            best_state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["state_dict"]
+            best_state = _load(out / "best.pt", "cpu")["state_dict"]
         log.info("resumed from %s at epoch %d", out / "last.pt", start)
     log.info("train %d images %s, val %d, device %s, config %s", len(train), train.counts(),
              len(val) if val is not None else 0, device, asdict(cfg))
-    use_amp = cfg.amp and device.type == "cuda"
     pool = ThreadPoolExecutor(1)  # augments the next epoch while this one trains
     nxt = pool.submit(_epoch_data, train, cfg, start) if start < cfg.epochs else None
     labels_all = torch.from_numpy(train.labels).to(device)
     teacher_all = None
     if cfg.distill:
-        teacher = np.load(cfg.distill)
+        teacher = np.load(cfg.distill, allow_pickle=False)
         if teacher.shape != (len(train), len(class_names)):
             raise ValueError(f"{cfg.distill}: teacher logits {teacher.shape}, need ({len(train)}, {len(class_names)})")
         teacher_all = torch.from_numpy(teacher.astype(np.float32)).to(device)
-    train_faces48 = train.faces48() if cfg.bn_recal else None
+    losses = _Losses(cfg, closs, teacher_all)
+    train_faces48 = train.faces48() if (cfg.bn_recal or swa or init_state is not None) else None
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
         if epoch >= cfg.epochs:  # a time budget shortened the schedule
@@ -327,64 +297,15 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         faces, perm = nxt.result()
         if epoch + 1 < cfg.epochs:
             nxt = pool.submit(_epoch_data, train, cfg, epoch + 1)
-        x_all = torch.from_numpy(faces).to(device)
         lr = lr_at(cfg, epoch)
+        probe = epoch < cfg.probe_epochs
         for g in opt.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        model.train()
-        nb = len(perm) // cfg.batch + (1 if len(perm) % cfg.batch >= 2 else 0)
-        steps = range(nb)
-        bar = None
-        if cfg.progress and not quiet:
-            from tqdm import tqdm
-            bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-            steps = bar
-        tot_loss = tot_c = 0.0
-        correct = seen = 0
-        perm_t = torch.from_numpy(perm).to(device)
-        for b in steps:
-            idx = perm_t[b * cfg.batch:(b + 1) * cfg.batch]
-            x = x_all[idx].float().unsqueeze(1).mul_(1 / 127.5).sub_(1.0)  # == preprocess.normalize
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = labels_all[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits, feats = model(x, return_features=True)
-            logits, feats = logits.float(), feats.float()
-            ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if teacher_all is not None:
-                t = cfg.distill_t
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_all[idx] / t, 1),
-                              log_target=True, reduction="batchmean") * t * t
-                ce = (1 - cfg.distill_weight) * ce + cfg.distill_weight * kd
-            loss = ce
-            if cfg.center_lambda > 0:
-                lc = closs(feats, y)
-                loss = ce + cfg.center_lambda * lc
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
-            if cfg.center_lambda > 0:
-                closs.update(feats, y, cfg.center_alpha)
-            if ema:
-                ema.update()
-            n = len(y)
-            tot_loss += float(loss.detach()) * n if bar is not None else 0.0
-            correct_t = (logits.argmax(1) == y).sum()
-            if bar is not None:
-                correct += int(correct_t)
-                seen += n
-                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4g}")
-            else:  # avoid a GPU sync per step when nobody watches
-                tot_loss += loss.detach() * n
-                correct += correct_t
-                seen += n
-        if bar is not None:
-            bar.close()
-        tot_loss, correct = float(tot_loss), int(correct)
-        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / max(seen, 1),
-               "train_acc": correct / max(seen, 1), "epoch_s": None}
+            g["lr"] = lr * (g["lr_mult"] if not probe else float(g["head"]))
+        loss, acc = _train_epoch(model, opt, losses, ema, torch.from_numpy(faces).to(device), labels_all, perm, cfg,
+                                 device, probe, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and not quiet)
+        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_acc": acc, "epoch_s": None}
+        if swa is not None and epoch + 1 >= cfg.swa_from:
+            swa.add(evalm)
         if cfg.bn_recal and (len(train) <= cfg.bn_recal_max or epoch + 1 == cfg.epochs):
             recalibrate_bn(evalm, train_faces48, device)
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
@@ -398,8 +319,8 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                 best = {"val_acc": m["accuracy"], "epoch": epoch + 1, "metrics": m}
                 best_state = {k: v.detach().cpu().clone() for k, v in evalm.state_dict().items()}
                 if out is not None:
-                    save_checkpoint(out / "best.pt", evalm, labels=class_names, centers=closs.centers.cpu(), epoch=epoch,
-                                    metrics=m, train_config=asdict(cfg))
+                    save_checkpoint(out / "best.pt", evalm, labels=class_names, centers=closs.centers.cpu(),
+                                    epoch=epoch, metrics=m, train_config=asdict(cfg))
         rec["epoch_s"] = time.time() - t0
         history.append(rec)
         elapsed = time.time() - t_start
@@ -416,8 +337,9 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
                  "".join(f" {k} {rec[k]:.4f}" for k in ("val_acc_noflip", "val_acc_raw") if k in rec), rec["epoch_s"])
         if out is not None and save_last:
             extra = {"ema_state_dict": {k: v.detach().cpu() for k, v in ema.model.state_dict().items()}} if ema else {}
-            save_checkpoint(out / "last.pt", model, labels=class_names, optimizer=opt.state_dict(), centers=closs.centers.cpu(),
-                            epoch=epoch, history=history, best=best, train_config=asdict(cfg), **extra)
+            save_checkpoint(out / "last.pt", model, labels=class_names, optimizer=opt.state_dict(),
+                            centers=closs.centers.cpu(), epoch=epoch, history=history, best=best,
+                            train_config=asdict(cfg), **extra)
         if out is not None:
             write_json(history, out / "history.json")
         if cfg.max_seconds and elapsed > cfg.max_seconds and epoch + 1 < cfg.epochs:
@@ -427,8 +349,14 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     train_s = time.time() - t_start
     if select and best_state is not None:
         model.load_state_dict(best_state)
+    elif swa is not None and swa.state is not None:
+        model.load_state_dict(swa.state)
     elif ema:
         model.load_state_dict(ema.model.state_dict())
+    if init_state is not None:
+        interpolate(model, init_state, cfg.interp)
+    if (swa is not None or init_state is not None) and not (select and best_state is not None):
+        recalibrate_bn(model, train_faces48, device)  # an average of weights needs its own BN statistics
     model = model.to(memory_format=torch.contiguous_format).eval()
     result = {"config": asdict(cfg), "train_counts": train.counts(), "class_names": list(class_names),
               "history": history, "train_seconds_this_run": train_s, "device": str(device),
@@ -438,8 +366,8 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         result["val"] = m
         result["selected_epoch"] = best["epoch"] if select else len(history)
     if out is not None:
-        save_checkpoint(out / "final.pt", model, labels=class_names, centers=closs.centers.cpu(), train_config=asdict(cfg),
-                        metrics=result.get("val"))
+        save_checkpoint(out / "final.pt", model, labels=class_names, centers=closs.centers.cpu(),
+                        train_config=asdict(cfg), metrics=result.get("val"))
         write_json(result, out / "result.json")
         if history:
             plot_curves(history, out / "curves.png", title=str(out.name))

@@ -20,7 +20,7 @@ import torch
 from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
 from training.model import load_checkpoint
-from training.train import view_logits
+from training.evaluate import view_logits
 
 
 def main(argv=None) -> int:

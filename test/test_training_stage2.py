@@ -1,0 +1,87 @@
+"""Stage-2 options for small datasets (issue 13), each on a few real faces with a small
+network: a linear probe leaves the features alone, late-epoch averaging is the mean of those
+epochs' weights, interpolation lands between the start and the trained weights, the inner
+validation split never splits a sequence and never touches the test fold, and the two center
+loss reductions differ by exactly the batch size."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import need_shared
+from training import data as D
+from training.experiments import inner_split
+from training.losses import CenterLoss
+from training.model import MobileNetV1
+from training.train import TrainConfig, train_model
+from training.weights import WeightAverage, interpolate
+
+
+@pytest.fixture(scope="module")
+def faces():
+    fer = D.load_fer2013(need_shared("data", "fer2013.npz"))
+    idx = np.flatnonzero(fer.split == 0)[:96]
+    return fer.subset(idx)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(width=0.25, init="scratch", epochs=2, lr=0.05, seed=1, device="cpu", progress=False,
+                batch=32, augment=False, shared=str(need_shared()))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_linear_probe_trains_only_the_classifier(faces, tmp_path):
+    torch.manual_seed(1)
+    start = MobileNetV1(width=0.25)
+    ck = tmp_path / "start.pt"
+    from training.model import save_checkpoint
+    save_checkpoint(ck, start)
+    model, _ = train_model(faces, None, _cfg(tmp_path, init=str(ck), epochs=2, probe_epochs=2), quiet=True)
+    after = model.state_dict()
+    for k, v in start.state_dict().items():
+        if k.startswith("classifier."):
+            assert not torch.equal(v, after[k]), k
+        elif v.dtype.is_floating_point:
+            assert torch.equal(v, after[k]), k  # weights and BN statistics untouched
+    # after the probe the whole network learns
+    model, _ = train_model(faces, None, _cfg(tmp_path, init=str(ck), epochs=3, probe_epochs=2), quiet=True)
+    assert not torch.equal(model.state_dict()["features.0.weight"], start.state_dict()["features.0.weight"])
+
+
+def test_weight_average_and_interpolation():
+    torch.manual_seed(0)
+    nets = [MobileNetV1(width=0.25) for _ in range(3)]
+    avg = WeightAverage()
+    for n in nets:
+        avg.add(n)
+    k = "classifier.weight"
+    assert torch.allclose(avg.state[k], sum(n.state_dict()[k] for n in nets) / 3, atol=1e-6)
+    a, b = nets[0], nets[1]
+    start = {kk: v.clone() for kk, v in a.state_dict().items()}
+    target = b.state_dict()[k].clone()
+    interpolate(b, start, 0.25)
+    assert torch.allclose(b.state_dict()[k], 0.75 * start[k] + 0.25 * target, atol=1e-6)
+
+
+def test_swa_result_is_the_recalibrated_average(faces, tmp_path):
+    model, res = train_model(faces, None, _cfg(tmp_path, epochs=3, swa_from=2), quiet=True)
+    assert len(res["history"]) == 3 and not model.training
+
+
+def test_inner_split_keeps_sequences_whole_and_classes_present():
+    ck = D.load_ckplus48(need_shared("data", "ckplus48.npz"), "large6")
+    tr, va = inner_split(ck, 0.2, 0)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(ck)
+    assert not set(ck.group[tr]) & set(ck.group[va])
+    assert set(ck.labels[va]) == set(range(6))
+    assert 0.1 < len(va) / len(ck) < 0.3
+
+
+def test_center_loss_sum_is_batch_times_mean():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    mean, total = CenterLoss(3, 4, "mean"), CenterLoss(3, 4, "sum")
+    assert total(x, y).item() == pytest.approx(8 * mean(x, y).item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        CenterLoss(3, 4, "max")
