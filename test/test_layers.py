@@ -63,7 +63,6 @@ def imports_of(name: str, path: Path) -> set[str]:
     return out
 
 
-@known_breach
 def test_no_layer_imports_upward_or_forbidden_packages():
     names = dict(modules())
     bad = []

@@ -116,9 +116,11 @@ class OnnxRuntimeBackend:
 
 
 class TorchBackend:
-    """A training checkpoint ({"config", "state_dict"} from training.train, rebuilt with
-    `training.model.load_checkpoint`), a pickled nn.Module, or a TorchScript file. Loaded lazily:
-    torch is imported only when this backend is asked for."""
+    """A training checkpoint ({"config", "state_dict", "labels"} from training.train; the network
+    is rebuilt by fer_ros.perception.mobilenet) or a TorchScript file. Neither way of loading
+    runs Python code from the file: checkpoints are read with weights_only=True and TorchScript
+    with torch.jit.load, and a pickled nn.Module is refused. torch is imported only when this
+    backend is asked for."""
 
     name = "torch"
 
@@ -137,28 +139,20 @@ class TorchBackend:
                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
     def _load(self, path: Path):
-        torch = self.torch
         try:
-            return torch.jit.load(str(path), map_location="cpu")
-        except Exception:  # noqa: BLE001 - not TorchScript: a checkpoint dict or a pickled module
+            return self.torch.jit.load(str(path), map_location="cpu")
+        except Exception:  # noqa: BLE001 - not TorchScript: try a checkpoint
             pass
-        obj = None
+        from .mobilenet import from_checkpoint
+
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - reported below
-            pass
-        if isinstance(obj, dict) and "state_dict" in obj and "config" in obj:
-            try:  # a training.train checkpoint: the training package rebuilds the architecture
-                from training.model import load_checkpoint
-            except ImportError:
-                raise ValueError(f"{path} is a training checkpoint; run from the source checkout so the "
-                                 "`training` package can rebuild the network") from None
-            return load_checkpoint(path, map_location="cpu")
-        if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
-            return obj["model"]
-        if isinstance(obj, torch.nn.Module):
-            return obj
-        raise ValueError(f"{path} is neither a fer_ros training checkpoint, a pickled module nor TorchScript")
+            model, ckpt = from_checkpoint(path)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (backend=torch takes a fer_ros training checkpoint or TorchScript)") from None
+        labels = ckpt.get("labels", list(LABELS))
+        if list(labels) != list(LABELS):
+            raise ValueError(f"{path}: a model for the classes {labels}; the classifier needs {list(LABELS)}")
+        return model
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -169,7 +163,7 @@ class ExpressionClassifier:
     """Classify 48x48 grayscale face crops into the 7 LABELS.
 
     model_path: the ONNX model (default: the shipped one) or, for backend="torch", a
-        training checkpoint.
+        training checkpoint or TorchScript file.
     backend: "auto", "onnxruntime", "tensorrt" or "torch".
     threads: CPU intra-op threads (default: min(2, cores)).
     engine_cache_dir, fp16: TensorRT engine cache folder and precision.
