@@ -454,12 +454,10 @@ def test_reconfigure_child_face_id_mid_session():
 def test_shipped_config_is_a_short_demo_session_that_completes():
     """config/therapy.yaml must let `make run` (a still, smiling demo face) finish a session:
     every stage, no pause, in well under a minute of session time."""
-    import yaml
-
+    from fer_ros.ros.node_set import load_config
     from fer_ros.ros.therapy_node import SESSION_PARAMS, PARAMS
 
-    with open(REPO / "config" / "therapy.yaml") as f:
-        section = yaml.safe_load(f)["therapy_node"]["ros__parameters"]
+    section = load_config(REPO / "config" / "therapy.yaml")["therapy_node"]  # nested keys joined by "."
     assert set(section) <= {p.name for p in PARAMS}, "unknown parameter in config/therapy.yaml"
     assert section["auto_start"] is True
     for p in PARAMS:  # ROS refuses a YAML value whose type differs from the declared default
@@ -496,3 +494,42 @@ def test_log_failures_are_reported_not_fatal(tmp_path):
     assert len(alerts) == 1 and alerts[0].startswith("log_error:") and "No space" in alerts[0]
     assert s.stage == "teaching"  # the session went on
     assert len(read_events(s.log.events_path)) == 3
+
+
+def test_translated_phrases_and_emotion_words_are_said():
+    d = Driver(emotions=["happy"], practice_trials_per_emotion=0, child_name="Ana",
+               phrases={"greet": "¡Hola{name}!", "teach_prompt": "Esto es {emotion}. ¿Puedes poner cara {emotion}?"},
+               emotion_words={"happy": "alegre"})
+    d.start()
+    said = [v for _, kind, v in d.run(8.0, [face("neutral")]) if kind == "say"]
+    assert said[0] == "¡Hola Ana!"
+    assert "Esto es alegre. ¿Puedes poner cara alegre?" in said
+    assert "Now let's learn about feelings." in said  # untranslated keys keep the English default
+    logged = [e["text"] for e in d.s.events if e["event"] == "say"]
+    assert logged[:len(said)] == said
+
+
+@pytest.mark.parametrize("key,text", [
+    ("greet", "{emotion.__class__.__mro__}"),   # attribute access would reach Python objects
+    ("teach_prompt", "{emotion:>100000}"),      # a width spec would make a huge string
+    ("teach_prompt", "{emotion!r}"),
+    ("teach_prompt", "Score {correct}"),        # only goodbye has the score
+    ("greet", "{0}"),
+    ("greet", "Hello {"),
+    ("greet", "x" * 301),
+    ("greet", "  "),
+    ("no_such_phrase", "Hello"),
+])
+def test_bad_phrases_are_refused(key, text):
+    with pytest.raises(ValueError, match="unknown phrase" if key == "no_such_phrase" else f"phrases.{key}"):
+        TherapyConfig.from_dict({"phrases": {key: text}})
+
+
+def test_phrase_checks_allow_what_a_translation_needs():
+    cfg = TherapyConfig.from_dict({"phrases": {"goodbye": "Fertig! {correct} von {attempted} richtig. {{:-)}}"},
+                                   "emotion_words": {"Sad": "traurig"}})
+    assert cfg.say("goodbye", name="", correct=2, attempted=3) == "Fertig! 2 von 3 richtig. {:-)}"
+    assert cfg.say("practice_wrong", name="", emotion="sad") == "Good try! I am traurig."
+    for words in ({"joy": "x"}, {"happy": ""}, {"happy": "{name}"}):
+        with pytest.raises(ValueError, match="emotion_words"):
+            TherapyConfig.from_dict({"emotion_words": words})

@@ -277,3 +277,27 @@ def test_reports_of_a_finished_session_are_rewritten_at_shutdown(ctx, tmp_path, 
         h.close()
     assert (folder / "trials.csv").exists() and (folder / "timeline.png").exists()
     assert "happy" in (folder / "trials.csv").read_text()
+
+
+def test_phrases_are_parameters_and_the_yaml_translates_them(ctx, tmp_path):
+    from fer_ros.ros.node_set import load_config
+    from fer_ros.ros.therapy_node import PARAMS, session_settings
+    from fer_ros.therapy.config import DEFAULT_PHRASES, TherapyConfig
+
+    yaml_params = load_config(REPO / "config" / "therapy.yaml")["therapy_node"]
+    assert set(yaml_params) <= {p.name for p in PARAMS}, set(yaml_params) - {p.name for p in PARAMS}
+    assert TherapyConfig.from_dict(session_settings({}, yaml_params)).phrases == DEFAULT_PHRASES
+
+    h = Harness(ctx, tmp_path, **{"phrases.goodbye": "Fertig! {correct}/{attempted}",
+                                  "emotion_words.happy": "froh"})
+    try:
+        assert h.node.session.cfg.phrases["goodbye"] == "Fertig! {correct}/{attempted}"
+        bad = h.node.set_parameters([Parameter("phrases.greet", value="{emotion.__class__}")])[0]
+        assert not bad.successful and "placeholder" in bad.reason
+        ok = h.node.set_parameters([Parameter("phrases.greet", value="Hallo{name}!")])[0]
+        assert ok.successful
+        cfg = h.node.session.cfg
+        assert cfg.phrases["greet"] == "Hallo{name}!" and cfg.phrases["goodbye"].startswith("Fertig")
+        assert cfg.emotion_words["happy"] == "froh" and cfg.emotion_words["sad"] == "sad"
+    finally:
+        h.close()

@@ -29,7 +29,9 @@ from fer_ros import LABELS
 from fer_ros.msg import FaceExpressionArray, TherapyState
 from fer_ros.ros.params import Param, declare_params, qos_from_params, qos_params, run_node
 from fer_ros.therapy.log import SessionLog, write_reports
-from fer_ros.therapy.session import VERBS, Face, Observation, TherapyConfig, TherapySession
+from fer_ros.therapy.config import DEFAULT_PHRASES, PLACEHOLDERS, VERBS, TherapyConfig
+from fer_ros.therapy.observations import Face, Observation
+from fer_ros.therapy.session import TherapySession
 
 _D = TherapyConfig()
 _labels = ", ".join(LABELS)
@@ -95,6 +97,16 @@ SESSION_PARAMS = [
     Param("child_name", _D.child_name, "Child's first name for the greeting (empty: no name)."),
 ]
 
+#: What the robot says, translatable: phrases.<key> and the words said for each emotion.
+PHRASE_PARAMS = [
+    *(Param(f"phrases.{key}", text, "What the robot says here; may use "
+            + ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS[key])) + ".")
+      for key, text in DEFAULT_PHRASES.items()),
+    *(Param(f"emotion_words.{label}", label, f"Word the robot says for {{emotion}} when it is {label}.")
+      for label in LABELS),
+]
+_GROUPS = ("phrases", "emotion_words")
+
 NODE_PARAMS = [
     Param("log_dir", "~/.ros/fer_ros/therapy_sessions",
           "Folder for session logs; each session writes <log_dir>/<session_id>/ events.jsonl, "
@@ -107,8 +119,21 @@ NODE_PARAMS = [
                 "the faces/expressions subscription"),
 ]
 
-PARAMS = SESSION_PARAMS + NODE_PARAMS
+PARAMS = SESSION_PARAMS + PHRASE_PARAMS + NODE_PARAMS
 _SESSION_NAMES = {p.name for p in SESSION_PARAMS}
+
+
+def session_settings(base: dict, params: dict) -> dict:
+    """TherapyConfig values: `base` updated with the session parameters among `params`
+    (`phrases.<key>` and `emotion_words.<label>` go into their dictionaries)."""
+    out = {**base, **{g: dict(base.get(g) or {}) for g in _GROUPS}}
+    for name, value in params.items():
+        group, _, key = name.partition(".")
+        if group in _GROUPS and key:
+            out[group][key] = value
+        elif name in _SESSION_NAMES:
+            out[name] = value
+    return out
 
 #: State and robot face: keep the latest for subscribers that join late.
 LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -155,7 +180,7 @@ class TherapyNode(Node):
         self._now = clock or (lambda: self.get_clock().now().nanoseconds * 1e-9)
         self.finished = False
         self._announced = None  # session whose end was reported
-        config = TherapyConfig.from_dict({k: v for k, v in self.p.items() if k in _SESSION_NAMES})
+        config = TherapyConfig.from_dict(session_settings({}, self.p))
         self.session = TherapySession(config, log_factory=lambda: SessionLog(self.p["log_dir"]))
 
         self.pub_expression = self.create_publisher(String, "robot/expression", LATCHED)
@@ -225,11 +250,12 @@ class TherapyNode(Node):
             self._flush(self.session.tick(self._now()))
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in _SESSION_NAMES}
+        changes = {p.name: p.value for p in params
+                   if p.name in _SESSION_NAMES or p.name.partition(".")[0] in _GROUPS}
         if not changes:
             return SetParametersResult(successful=True)
         try:
-            config = TherapyConfig.from_dict({**self.session.cfg.to_dict(), **changes})
+            config = TherapyConfig.from_dict(session_settings(self.session.cfg.to_dict(), changes))
         except (TypeError, ValueError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         with self._lock:

@@ -25,215 +25,22 @@ therapist resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from fer_ros import LABELS
-
-STAGES = ("idle", "introduction", "teaching", "practice", "done")
-VERBS = ("start", "pause", "resume", "skip", "stop")
+from fer_ros.therapy.child import ChildWatch
+# The session's vocabulary, importable from here as before the split.
+from fer_ros.therapy.config import (ANSWER_ALIASES, DEFAULT_PHRASES, STAGES, VERBS, TherapyConfig,  # noqa: F401
+                                    normalize_answer, plan_trials)
+from fer_ros.therapy.observations import Face, Observation, Output, State, select_child  # noqa: F401
 
 #: A held expression survives gaps without the child's face up to this long (missed detections,
 #: about 6% of frames with Haar on a moving face); longer gaps start the hold over.
 HOLD_GAP_SECONDS = 0.5
 
-#: Card words accepted besides the labels themselves (tablets and card readers vary).
-ANSWER_ALIASES = {
-    "anger": "angry", "mad": "angry", "disgusted": "disgust", "scared": "fear", "afraid": "fear",
-    "fearful": "fear", "happiness": "happy", "joy": "happy", "sadness": "sad", "surprised": "surprise",
-    "calm": "neutral",
-}
 
-#: What the robot says; `{emotion}`, `{name}`, `{correct}`, `{attempted}` are filled in.
-PHRASES = {
-    "greet": "Hello{name}! I am so happy to see you. Let's play together!",
-    "teaching_intro": "Now let's learn about feelings.",
-    "teach_prompt": "This is {emotion}. Can you make a {emotion} face, like me?",
-    "teach_retry": "Let's try again. Can you show me {emotion}?",
-    "teach_success": "Great job! That is a {emotion} face!",
-    "teach_timeout": "Good try! Let's try another one.",
-    "practice_intro": "Now it's your turn to guess how I feel.",
-    "practice_prompt_card": "How do I feel? Show me the card.",
-    "practice_prompt_imitation": "How do I feel? Make the same face as me.",
-    "practice_right": "Yes! I am {emotion}. Well done!",
-    "practice_wrong": "Good try! I am {emotion}.",
-    "practice_timeout": "That's okay. I was feeling {emotion}. Let's try another one.",
-    "face_lost": "Where did you go? Come back and play with me!",
-    "distress": "Let's take a little break.",
-    "resume": "Let's keep playing!",
-    "goodbye": "All done! You got {correct} out of {attempted}. Thank you for playing with me!",
-    "stopped": "Let's stop here. Thank you for playing with me!",
-}
-
-
-@dataclass
-class TherapyConfig:
-    """Session settings; every field is a therapy_node parameter of the same name."""
-
-    emotions: list = field(default_factory=lambda: ["happy", "sad", "angry", "surprise"])
-    teaching_trials_per_emotion: int = 1
-    practice_trials_per_emotion: int = 2
-    order: str = "fixed"  # fixed | shuffled
-    seed: int = 0  # shuffled order seed; -1 = different every session (the seed used is logged)
-    intro_seconds: float = 60.0
-    teaching_timeout: float = 20.0
-    teaching_attempts: int = 2
-    practice_timeout: float = 20.0
-    feedback_seconds: float = 4.0
-    confidence_threshold: float = 0.5
-    hold_seconds: float = 1.0
-    child_selection: str = "largest"  # largest | central | face_id
-    child_face_id: int = 0
-    child_reselect_seconds: float = 1.0
-    practice_answer_mode: str = "card"  # card | imitation
-    distress_labels: list = field(default_factory=lambda: ["angry", "fear", "sad"])
-    distress_threshold: float = 0.7
-    distress_seconds: float = 5.0
-    face_lost_seconds: float = 10.0
-    auto_resume_face: bool = True
-    observation_timeout: float = 1.0
-    timeline_rate: float = 2.0
-    child_name: str = ""
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TherapyConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown therapy setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> "TherapyConfig":
-        """Raise ValueError naming the bad setting; normalises label case."""
-        self.emotions = [str(e).strip().lower() for e in self.emotions]
-        self.distress_labels = [str(e).strip().lower() for e in self.distress_labels]
-        bad = [e for e in self.emotions if e not in LABELS]
-        if bad or not self.emotions:
-            raise ValueError(f"emotions must be a non-empty subset of {LABELS}, got {self.emotions}")
-        if len(set(self.emotions)) != len(self.emotions):
-            raise ValueError(f"emotions has duplicates: {self.emotions}")
-        bad = [e for e in self.distress_labels if e not in LABELS]
-        if bad:
-            raise ValueError(f"distress_labels must be labels from {LABELS}, got {bad}")
-        for name, allowed in (("order", ("fixed", "shuffled")), ("child_selection", ("largest", "central", "face_id")),
-                              ("practice_answer_mode", ("card", "imitation"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("teaching_trials_per_emotion", "practice_trials_per_emotion"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if int(self.teaching_attempts) < 1:
-            raise ValueError("teaching_attempts must be >= 1")
-        for name in ("intro_seconds", "feedback_seconds", "hold_seconds", "child_reselect_seconds",
-                     "timeline_rate"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("teaching_timeout", "practice_timeout", "distress_seconds", "face_lost_seconds",
-                     "observation_timeout"):
-            if float(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        for name in ("confidence_threshold", "distress_threshold"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
-        if self.child_selection == "face_id" and int(self.child_face_id) < 1:
-            raise ValueError("child_selection 'face_id' needs child_face_id >= 1")
-        return self
-
-
-@dataclass
-class Face:
-    """One face of an observation (the fields of fer_ros/FaceExpression that matter here)."""
-
-    face_id: int
-    box: tuple  # (x, y, w, h) pixels
-    expression: str
-    confidence: float
-    scores: Sequence[float] = ()  # 7 probabilities in LABELS order (may be empty)
-
-    def score(self, label: str) -> float:
-        if len(self.scores) == len(LABELS):
-            return float(self.scores[LABELS.index(label)])
-        return float(self.confidence) if self.expression == label else 0.0
-
-
-@dataclass
-class Observation:
-    t: float
-    faces: list
-    image_width: int = 0
-    image_height: int = 0
-
-
-@dataclass(frozen=True)
-class State:
-    """Mirror of fer_ros/TherapyState (without the header)."""
-
-    session_id: str = ""
-    stage: str = "idle"
-    phase: str = "idle"
-    paused: bool = False
-    pause_reason: str = ""
-    trial: int = 0
-    trials_total: int = 0
-    attempt: int = 0
-    target_emotion: str = ""
-    correct: int = 0
-    attempted: int = 0
-    last_outcome: str = ""
-    child_face_id: int = 0
-
-
-@dataclass(frozen=True)
-class Output:
-    """Something for the outside world: kind is expression | say | state | alert."""
-
-    kind: str
-    value: object
-
-
-def select_child(faces: list, mode: str, face_id: int = 0, width: int = 0, height: int = 0) -> Optional[Face]:
-    """The face to follow: the given id, the largest box, or the one nearest the image centre
-    (ties -> larger). Without image size, 'central' uses the centre of all boxes."""
-    if not faces:
-        return None
-    if mode == "face_id":
-        return next((f for f in faces if int(f.face_id) == int(face_id)), None)
-    area = lambda f: float(f.box[2]) * float(f.box[3])
-    if mode == "central":
-        if width > 0 and height > 0:
-            cx, cy = width / 2.0, height / 2.0
-        else:
-            xs = [f.box[0] + f.box[2] / 2.0 for f in faces]
-            ys = [f.box[1] + f.box[3] / 2.0 for f in faces]
-            cx, cy = sum(xs) / len(xs), sum(ys) / len(ys)
-        dist = lambda f: (f.box[0] + f.box[2] / 2.0 - cx) ** 2 + (f.box[1] + f.box[3] / 2.0 - cy) ** 2
-        return min(faces, key=lambda f: (dist(f), -area(f)))
-    return max(faces, key=area)
-
-
-def normalize_answer(text: str) -> Optional[str]:
-    """A label from a card word ('Happy', ' surprised ' -> 'happy', 'surprise'), else None."""
-    word = str(text).strip().lower()
-    word = ANSWER_ALIASES.get(word, word)
-    return word if word in LABELS else None
-
-
-def plan_trials(emotions: Sequence[str], per_emotion: int, order: str, rng: random.Random) -> list:
-    """Round-robin (fixed) or shuffled list of target emotions for one stage."""
-    trials = [e for _ in range(int(per_emotion)) for e in emotions]
-    if order == "shuffled":
-        rng.shuffle(trials)
-    return trials
-
-
-class TherapySession:
+class TherapySession(ChildWatch):
     """The session state machine. Not thread-safe: call it from one thread (the node does)."""
 
     def __init__(self, config: TherapyConfig | None = None, log_factory: Callable[[], object] | None = None):
@@ -378,13 +185,6 @@ class TherapySession:
                      child_face_id=self._followed_id())
 
     # ------------------------------------------------------------------ internals
-    def _followed_id(self) -> int:
-        """Track id followed as the child's, kept through brief misses (no state flicker), 0 once lost."""
-        if self._child_id is None or self._child_seen_t is None or self.now is None:
-            return 0
-        grace = max(self.cfg.child_reselect_seconds, self.cfg.observation_timeout)
-        return self._child_id if self.now - self._child_seen_t <= grace else 0
-
     def _reset(self) -> None:
         self.stage, self.phase = "idle", "idle"
         self.paused, self.pause_reason, self._paused_at = False, "", None
@@ -436,7 +236,7 @@ class TherapySession:
 
     def _say(self, key: str, **kw) -> None:
         name = f" {self.cfg.child_name}" if self.cfg.child_name else ""
-        text = PHRASES[key].format(name=name, correct=self.correct, attempted=self.attempted, **kw)
+        text = self.cfg.say(key, name=name, correct=self.correct, attempted=self.attempted, **kw)
         self.outbox.append(Output("say", text))
         self._event("say", text=text)
 
@@ -457,11 +257,6 @@ class TherapySession:
     def _finish_call(self, ok: bool, message: str) -> tuple[bool, str]:
         self._emit_state()
         return ok, message
-
-    def _child_fresh(self) -> bool:
-        """The child's face was in the latest observation and that observation is recent."""
-        return (self._child is not None and self._last_obs_t is not None
-                and self.now - self._last_obs_t <= self.cfg.observation_timeout)
 
     # time ---------------------------------------------------------------
     def _advance(self, t: float, timeline: bool = True) -> None:
@@ -487,32 +282,6 @@ class TherapySession:
         self._check_face_lost()
         self._check_timers()
 
-    def _timeline(self) -> None:
-        if self.cfg.timeline_rate <= 0:
-            return
-        if self._next_timeline_t is not None and self.now < self._next_timeline_t:
-            return
-        self._next_timeline_t = self.now + 1.0 / self.cfg.timeline_rate
-        c = self._child if self._child_fresh() else None
-        fresh = self._last_obs_t is not None and self.now - self._last_obs_t <= self.cfg.observation_timeout
-        in_view = self._faces_in_view if fresh else 0  # others in view tell "child left" from "camera down"
-        if c is None:
-            self._event("child_expression", face_id=None, expression=None, confidence=None, scores=None,
-                        faces_in_view=in_view)
-        else:
-            scores = [c.score(label) for label in LABELS]
-            self._event("child_expression", face_id=int(c.face_id), expression=c.expression,
-                        confidence=float(c.confidence), scores=scores, faces_in_view=in_view)
-
-    def _check_face_lost(self) -> None:
-        if self.paused or self.phase == "waiting_for_face":
-            return
-        last = self._child_seen_t if self._child_seen_t is not None else self._stage_t
-        if self._child_fresh() or self.now - last < self.cfg.face_lost_seconds:
-            return
-        self._pause("face_lost", alert=True,
-                    text=f"child's face not seen for {self.now - last:.1f} s; session paused")
-
     def _check_timers(self) -> None:
         if self.paused:
             return
@@ -525,48 +294,11 @@ class TherapySession:
             if self._active >= timeout:
                 self._on_timeout()
 
-    # child ----------------------------------------------------------------
-    def _pick_child(self, obs: Observation) -> Optional[Face]:
-        faces = list(obs.faces)
-        if self._child_id is not None:
-            same = next((f for f in faces if int(f.face_id) == self._child_id), None)
-            if same is not None:
-                return same
-            # keep waiting for the followed track a moment: a missed detection must not hand the
-            # session to a bystander's face
-            if self._child_seen_t is not None and obs.t - self._child_seen_t < self.cfg.child_reselect_seconds:
-                return None
-        child = select_child(faces, self.cfg.child_selection, self.cfg.child_face_id,
-                             obs.image_width, obs.image_height)
-        if child is not None and int(child.face_id) != self._child_id:
-            previous, self._child_id = self._child_id, int(child.face_id)
-            if self.stage not in ("idle", "done"):
-                self._event("child_selected", face_id=self._child_id, previous=previous,
-                            mode=self.cfg.child_selection, faces=len(faces))
-        return child
-
     def _on_child(self, t: float, child: Optional[Face]) -> None:
         if self.stage in ("idle", "done"):
             return
-        # distress (only while running: a paused session is already getting attention)
-        if child is not None and not self.paused:
-            watched = [l for l in self.cfg.distress_labels
-                       if not (l == self.target and self._imitating())]  # asked-for faces are not distress
-            level = sum(child.score(l) for l in watched)
-            if watched and level >= self.cfg.distress_threshold:
-                if self._distress_since is None:
-                    self._distress_since = t
-                elif t - self._distress_since >= self.cfg.distress_seconds:
-                    self._distress_since = None
-                    self._pause("distress", alert=True,
-                                text=f"child shows {'/'.join(watched)} (level {level:.2f} >= "
-                                     f"{self.cfg.distress_threshold}) for {self.cfg.distress_seconds:g} s; "
-                                     "session paused, therapist please check")
-                    return
-            else:
-                self._distress_since = None
-        else:
-            self._distress_since = None
+        if self._check_distress(t, child):
+            return
         if self.paused:
             if (self.pause_reason == "face_lost" and self.cfg.auto_resume_face and child is not None
                     and t - self._child_visible_since >= self.cfg.hold_seconds):
@@ -725,36 +457,6 @@ class TherapySession:
             action()
             return "moved on"
         return "nothing to skip"
-
-    def _pause(self, reason: str, alert: bool, text: str = "") -> None:
-        was_paused = self.paused
-        self.paused, self.pause_reason = True, reason
-        if not was_paused:
-            self._paused_at = self.now
-        self._distress_since = None
-        self._hold.clear()
-        self._event("pause", reason=reason, text=text)
-        if alert:
-            self._alert(reason, text)
-        if reason == "distress":
-            self._show("neutral")
-            self._say("distress")
-        elif reason == "face_lost":
-            self._say("face_lost")
-
-    def _resume(self, by: str) -> None:
-        paused_for = self.now - (self._paused_at or self.now)
-        self.paused, self.pause_reason, self._paused_at = False, "", None
-        if self._deadline is not None:  # free play / feedback keep the time they had left
-            self._deadline += paused_for
-        self._event("resume", by=by, paused_seconds=round(paused_for, 3))
-        if self._child_seen_t is None or not self._child_fresh():
-            self._child_seen_t = self.now  # give the child face_lost_seconds again
-        if self.phase in ("awaiting", "pending"):
-            self._say("resume")
-            self._start_trial(retry=self.phase == "awaiting")  # ask again from the start
-        elif self.phase == "free_play":
-            self._say("resume")
 
     def _end_session(self, reason: str) -> None:
         if self.phase in ("awaiting", "pending") and self.stage in ("teaching", "practice"):
