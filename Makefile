@@ -17,6 +17,13 @@ export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 export PATH := $(VENV)/bin:$(PATH)
 
 DEPS_STAMP := $(VENV)/.fer_ros_deps.stamp
+# ROS 2 sources PyPI does not carry (launch, launch_ros, ros2cli, hri_msgs, ...): installed into
+# .venv from $FER_SHARED/vendor when it exists (see its README), so `ros2 launch` runs for real.
+VENDOR := $(FER_SHARED)/vendor
+VENDOR_STAMP := $(VENV)/.fer_ros_vendor.stamp
+VENDOR_TARGET := $(if $(wildcard $(VENDOR)/README.md),$(VENDOR_STAMP))
+# ros2cli finds packages (fer_ros, hri_msgs) through the ament index in .venv; the wheels do not set it.
+export AMENT_PREFIX_PATH := $(VENV)$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH))
 INSTALL_STAMP := $(BUILD)/.fer_ros_install.stamp
 SOURCES := CMakeLists.txt package.xml $(shell find fer_ros msg launch config scripts -type f \
              -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
@@ -46,7 +53,22 @@ $(DEPS_STAMP): scripts/requirements.txt scripts/constraints.txt
 	  if [ -f "$$f" ]; then sed -i -E 's#INTERFACE_INCLUDE_DIRECTORIES "/opt/python/[^"]*"#INTERFACE_INCLUDE_DIRECTORIES ""#' "$$f"; fi; done
 	touch $@
 
-build: $(INSTALL_STAMP)
+build: $(INSTALL_STAMP) $(VENDOR_TARGET)
+
+# From a temporary copy: vendor/ is read-only and pip/CMake write build files beside the sources.
+VENDOR_PY := ros2/launch/launch ros2/launch/launch_xml ros2/launch/launch_yaml ros2/launch_ros/launch_ros \
+  ros2/launch_ros/ros2launch ros2/rosidl_runtime_py $(addprefix ros2/ros2cli/,ros2cli ros2pkg ros2run \
+  ros2node ros2topic ros2service ros2param ros2lifecycle ros2interface)
+VENDOR_MSGS := ros2/rcl_interfaces/composition_interfaces hri_msgs
+$(VENDOR_STAMP): | $(DEPS_STAMP)  # order only: new requirements do not remove these
+	@set -e; T=$$(mktemp -d); trap 'rm -rf "$$T"' EXIT; cp -r "$(VENDOR)"/. "$$T"/; \
+	$(VENV)/bin/python -m pip install -q osrf-pycommon psutil argcomplete; \
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation $(addprefix $$T/,$(VENDOR_PY)); \
+	for p in $(VENDOR_MSGS); do b=$$T/build_$$(basename $$p); \
+	  CMAKE_PREFIX_PATH=$(VENV) cmake -S $$T/$$p -B $$b -DCMAKE_INSTALL_PREFIX=$(VENV) \
+	    -DPython3_EXECUTABLE=$(VENV)/bin/python -DBUILD_TESTING=OFF > $$b.log || { cat $$b.log; exit 1; }; \
+	  cmake --build $$b -j2 > $$b.log || { cat $$b.log; exit 1; }; cmake --install $$b > /dev/null; done
+	touch $@
 
 # Generates the messages and installs them, the Python package and the executables into .venv.
 $(INSTALL_STAMP): $(DEPS_STAMP) $(SOURCES)

@@ -4,16 +4,24 @@ Starts camera_node, expression_node and therapy_node with config/therapy.yaml. T
 (executables, parameters set from arguments, remappings) is defined once in
 fer_ros/ros/node_set.py, which `fer-ros launch therapy` uses too.
 Topics are remappable: image_topic:=..., expressions_topic:=..., annotated_topic:=...
+expression_node is a lifecycle node: it starts with autostart false and this file configures it,
+then activates it once configured (as launch_ros' lifecycle example does). hri:=true adds the
+REP-155 bridge. `ros2 launch fer_ros therapy.launch.py --show-args` lists every argument.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
 from fer_ros.ros.node_set import CONFIG_NAME, LAUNCH_ARGUMENTS, NODES, PACKAGE, argument_defaults
 
@@ -28,9 +36,25 @@ def generate_launch_description():
     for spec in NODES:
         overrides = {param: ParameterValue(LaunchConfiguration(arg), value_type=str)
                      for param, arg in spec.arguments}
-        actions.append(Node(
+        node = dict(
             package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
             parameters=[LaunchConfiguration("config")] + ([overrides] if overrides else []),
             remappings=[(topic, LaunchConfiguration(arg)) for topic, arg in spec.remappings],
-        ))
+            condition=IfCondition(LaunchConfiguration(spec.condition)) if spec.condition else None,
+        )
+        if not spec.lifecycle:
+            actions.append(Node(**node))
+            continue
+        node["parameters"].append({"autostart": False})  # launch drives the transitions
+        lifecycle_node = LifecycleNode(namespace="", **node)
+        actions += [
+            # Activate when a configure completes (not after a later `ros2 lifecycle set ... deactivate`).
+            RegisterEventHandler(OnStateTransition(
+                target_lifecycle_node=lifecycle_node, start_state="configuring", goal_state="inactive",
+                entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(lifecycle_node),
+                                                      transition_id=Transition.TRANSITION_ACTIVATE))])),
+            lifecycle_node,
+            EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(lifecycle_node),
+                                        transition_id=Transition.TRANSITION_CONFIGURE)),
+        ]
     return LaunchDescription(actions)

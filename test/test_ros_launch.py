@@ -1,8 +1,9 @@
 """launch/therapy.launch.py (ros2 launch) and `fer-ros launch therapy` (here) start the same
 nodes: same executables, node names, config, parameters set from launch arguments, remappings.
 
-`launch`/`launch_ros` are not installable here, so the launch file runs against small stand-ins
-that record what it asks for; substitutions are then resolved with the argument values.
+The launch file runs against small stand-ins of `launch`/`launch_ros` that record what it asks
+for (so this runs without them); substitutions are then resolved with the argument values.
+test_ros_launch_real.py runs the real `ros2 launch` where the vendored sources are installed.
 """
 
 from __future__ import annotations
@@ -47,10 +48,20 @@ def stub_modules(share: Path) -> dict:
 
     return {
         "launch": mod("launch", LaunchDescription=lambda actions: Recorded("description", actions)),
-        "launch.actions": mod("launch.actions", DeclareLaunchArgument=lambda name, **kw: Recorded("argument", name, **kw)),
+        "launch.actions": mod("launch.actions", DeclareLaunchArgument=lambda name, **kw: Recorded("argument", name, **kw),
+                              EmitEvent=lambda **kw: Recorded("emit", **kw),
+                              RegisterEventHandler=lambda handler: Recorded("handler", handler)),
+        "launch.conditions": mod("launch.conditions", IfCondition=lambda value: Recorded("if", value)),
+        "launch.events": mod("launch.events", matches_action=lambda action: Recorded("matches", action)),
         "launch.substitutions": mod("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
         "launch_ros": mod("launch_ros"),
-        "launch_ros.actions": mod("launch_ros.actions", Node=lambda **kw: Recorded("node", **kw)),
+        "launch_ros.actions": mod("launch_ros.actions", Node=lambda **kw: Recorded("node", **kw),
+                                  LifecycleNode=lambda **kw: Recorded("node", lifecycle=True, **kw)),
+        "launch_ros.event_handlers": mod("launch_ros.event_handlers",
+                                         OnStateTransition=lambda **kw: Recorded("on_state", **kw)),
+        "launch_ros.events": mod("launch_ros.events"),
+        "launch_ros.events.lifecycle": mod("launch_ros.events.lifecycle",
+                                           ChangeState=lambda **kw: Recorded("change_state", **kw)),
         "launch_ros.parameter_descriptions": mod("launch_ros.parameter_descriptions", ParameterValue=ParameterValue),
         "ament_index_python": mod("ament_index_python"),
         "ament_index_python.packages": mod("ament_index_python.packages",
@@ -88,8 +99,12 @@ def launch_file_plan(description, overrides):
     for node in (a for a in description.args[0] if a.kind == "node"):
         kw = node.kwargs
         assert kw["package"] == "fer_ros"
+        if kw["condition"] is not None and not node_set.is_true(resolve(kw["condition"].args[0], args)):
+            continue
         files = [resolve(p, args) for p in kw["parameters"] if not isinstance(p, dict)]
         params = {k: resolve(v, args) for p in kw["parameters"] if isinstance(p, dict) for k, v in p.items()}
+        if kw.get("lifecycle"):  # launch drives its transitions; `fer-ros launch` leaves autostart on
+            assert params.pop("autostart") is False
         remaps = [(resolve(a, args), resolve(b, args)) for a, b in kw["remappings"]]
         plan[kw["name"]] = (kw["executable"], files, params, remaps)
     return declared, plan
@@ -131,6 +146,29 @@ def test_launch_file_and_local_launcher_agree(monkeypatch, tmp_path, overrides):
     assert expression[2]["backend"] == overrides.get("backend", "auto")
     topic = overrides.get("image_topic", "/camera/image_raw")
     assert ("camera/image_raw", topic) in camera[3] and ("camera/image_raw", topic) in expression[3]
+
+
+def test_lifecycle_node_is_configured_then_activated_and_hri_is_optional(monkeypatch, tmp_path):
+    """expression_node is a LifecycleNode that the launch file configures, and activates once a
+    configure completes (not after a later deactivate); hri:=true adds the REP-155 bridge in both."""
+    description, config = load_launch_description(monkeypatch, tmp_path)
+    actions = description.args[0]
+    lifecycle = [a for a in actions if a.kind == "node" and a.kwargs.get("lifecycle")]
+    assert [a.kwargs["name"] for a in lifecycle] == ["expression_node"]
+    emitted = [a.kwargs["event"] for a in actions if a.kind == "emit"]
+    assert [e.kwargs["transition_id"] for e in emitted] == [1]  # Transition.TRANSITION_CONFIGURE
+    assert emitted[0].kwargs["lifecycle_node_matcher"].args[0] is lifecycle[0]
+    (handler,) = [a.args[0] for a in actions if a.kind == "handler"]
+    assert handler.kwargs["target_lifecycle_node"] is lifecycle[0]
+    assert (handler.kwargs["start_state"], handler.kwargs["goal_state"]) == ("configuring", "inactive")
+    assert [e.kwargs["event"].kwargs["transition_id"] for e in handler.kwargs["entities"]] == [3]  # ACTIVATE
+    for hri, expected in (("false", False), ("true", True)):
+        _, from_launch_file = launch_file_plan(description, {"hri": hri})
+        from_launcher = launcher_plan(config, {"hri": hri})
+        assert from_launch_file == from_launcher
+        assert ("hri_bridge" in from_launcher) is expected
+    with pytest.raises(ValueError):
+        launcher_plan(config, {"hri": "maybe"})
 
 
 def test_argument_defaults_come_from_the_yaml(tmp_path):

@@ -45,6 +45,8 @@ def plan(config, values: dict, nodes=None) -> list[tuple[node_set.NodeSpec, list
     for spec in node_set.NODES:
         if nodes and spec.name not in nodes:
             continue
+        if spec.condition and not node_set.is_true(values[spec.condition]):
+            continue
         out.append((spec, [sys.executable, "-m", spec.module] + node_set.ros_args(spec, config, values)))
     return out
 
@@ -138,6 +140,13 @@ def run(args) -> int:
         return 2
     values = node_set.argument_defaults(config)
     values.update({k: getattr(args, k) for k in node_set.LAUNCH_ARGUMENTS if getattr(args, k, None) is not None})
+    for spec in node_set.NODES:
+        if spec.condition:
+            try:
+                node_set.is_true(values[spec.condition])
+            except ValueError as exc:
+                print(f"fer-ros launch: --{spec.condition.replace('_', '-')}: {exc}", file=sys.stderr)
+                return 2
     wanted = set(args.nodes.split(",")) if args.nodes else None
     if wanted and wanted - {s.name for s in node_set.NODES}:
         print(f"fer-ros launch: unknown node(s) {sorted(wanted - {s.name for s in node_set.NODES})}", file=sys.stderr)
@@ -195,12 +204,16 @@ def run(args) -> int:
     for _, proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
-    for _, proc in procs:
+    for name, proc in procs:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # A node that did not stop cleanly on SIGINT is a bug worth seeing (and a failed run).
+        print(f"fer-ros launch: {name} exited with code {proc.returncode}")
+        if proc.returncode != 0:
+            rc = 1
     for t in pumps:
         t.join(timeout=2)
     if recorder is not None:

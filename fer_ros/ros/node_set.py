@@ -27,6 +27,8 @@ LAUNCH_ARGUMENTS = {
     "expressions_topic": ("/faces/expressions", "FaceExpressionArray topic of expression_node"),
     "annotated_topic": ("/faces/image_annotated", "annotated image topic of expression_node"),
     "session_log_dir": ("~/.ros/fer_ros/therapy_sessions", "folder where therapy_node writes session logs"),
+    "hri": ("false", "also start hri_bridge: REP-155 (ROS4HRI) /humans/faces/tracked and "
+                     "/humans/faces/<id>/expression (needs hri_msgs)"),
     "dashboard": ("true", "serve the therapist's web dashboard (dashboard_node; its URL is printed at start)"),
 }
 
@@ -38,6 +40,8 @@ class NodeSpec:
     module: str                    # Python module whose main() the executable runs
     arguments: tuple = field(default=())   # (parameter, launch argument)
     remappings: tuple = field(default=())  # (topic as the node names it, launch argument)
+    lifecycle: bool = False        # ros2 launch starts it with autostart false and configures + activates it
+    condition: str = ""            # launch argument (true/false) that starts the node; "": always
 
 
 NODES = (
@@ -47,7 +51,7 @@ NODES = (
     NodeSpec("expression_node", "expression_node", "fer_ros.ros.expression_node",
              arguments=(("backend", "backend"), ("model_path", "model")),
              remappings=(("camera/image_raw", "image_topic"), ("faces/expressions", "expressions_topic"),
-                         ("faces/image_annotated", "annotated_topic"))),
+                         ("faces/image_annotated", "annotated_topic")), lifecycle=True),
     NodeSpec("therapy_node", "therapy_node", "fer_ros.ros.therapy_node",
              arguments=(("log_dir", "session_log_dir"),),
              remappings=(("faces/expressions", "expressions_topic"),)),
@@ -55,6 +59,21 @@ NODES = (
              arguments=(("enabled", "dashboard"), ("log_dir", "session_log_dir")),
              remappings=(("faces/expressions", "expressions_topic"), ("faces/image_annotated", "annotated_topic"))),
 )
+
+
+# Optional nodes: started only when their condition (a launch argument) is true.
+NODES += (
+    NodeSpec("hri_bridge", "hri_bridge", "fer_ros.ros.hri_bridge",
+             remappings=(("faces/expressions", "expressions_topic"),), condition="hri"),
+)
+
+
+def is_true(value) -> bool:
+    """A boolean launch argument as `ros2 launch` reads it (IfCondition): true/false/1/0."""
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return text in ("true", "1")
 
 
 def source_config() -> Path:

@@ -119,6 +119,9 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # Python resets SIGINT to the default (die, exit code -2) while it finalises, unless it is
+        # ignored: a late second Ctrl-C must not turn a clean stop into a kill.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 
