@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -533,3 +534,65 @@ def test_phrase_checks_allow_what_a_translation_needs():
     for words in ({"joy": "x"}, {"happy": ""}, {"happy": "{name}"}):
         with pytest.raises(ValueError, match="emotion_words"):
             TherapyConfig.from_dict({"emotion_words": words})
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) to simulate a full disk")
+def test_disk_full_mid_session_keeps_scoring_alerts_once_and_refuses_a_new_start(tmp_path):
+    disk = {"full": False}
+
+    def make_log():
+        log = SessionLog(tmp_path, fsync=True)
+        if disk["full"]:
+            log._file = open("/dev/full", "a", encoding="utf-8")  # every write fails with ENOSPC
+        return log
+
+    d = Driver(emotions=["happy", "sad"], teaching_trials_per_emotion=0, practice_trials_per_emotion=2)
+    d.s.log_factory = make_log
+    d.start()
+    awaiting = lambda s: s.phase == "awaiting"
+    d.run(10, [face()], until=awaiting)
+    assert d.s.answer("happy", d.t) == (True, "right")
+    log = d.s.log
+    log._file.close()
+    log._file = open("/dev/full", "a", encoding="utf-8")  # the disk fills up mid-session
+    answers = []
+    for card in ("sad", "happy", "happy"):
+        d.run(10, [face()], until=awaiting)
+        answers.append(d.s.answer(card, d.t))
+    assert answers == [(True, "right"), (True, "right"), (True, "wrong")]  # targets sad, happy, sad
+    d.run(5, [face()], until=lambda s: s.stage == "done")
+    assert (d.s.correct, d.s.attempted) == (3, 4)
+    alerts = [v for _, kind, v in d.out if kind == "alert"]
+    assert len(alerts) == 1 and alerts[0].startswith("log_error:") and "No space left" in alerts[0]
+    assert d.s.answer("happy", d.t)[0] is False  # after the end: refused, no "I/O operation on closed file"
+    # the file kept what was written before the failure, and nothing after it
+    written = read_events(log.events_path)
+    assert written and not any(e["event"] == "session_end" for e in written)
+    # the reports (disk writable again here) come from the session's own copy: the full score
+    assert d.s.reports["summary"].is_file()
+    summary = json.loads(d.s.reports["summary"].read_text())
+    assert (summary["practice_correct"], summary["practice_attempted"], summary["trials"]) == (3, 4, 4)
+
+    disk["full"] = True  # still full: a new session is refused, with the reason, and leaves no folder
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    ok, message = d.s.command("start", d.t)
+    assert not ok and "cannot write the session log" in message and "No space left" in message
+    assert d.s.state.stage == "idle" and sorted(p.name for p in tmp_path.iterdir()) == folders
+    disk["full"] = False
+    assert d.s.command("start", d.t)[0] is True
+
+
+def test_long_answers_and_commands_are_cut_in_events_and_replies(tmp_path):
+    d = Driver(tmp_path, emotions=["happy"])
+    d.start()
+    huge = "x" * 1_000_000
+    ok, message = d.s.answer(huge, d.t)
+    assert not ok and len(message) < 200 and "999936 more characters" in message
+    ok, message = d.s.command("y" * 100_000, d.t)
+    assert not ok and len(message) < 200 and "more characters" in message
+    ok, message = d.s.answer("Happy" + " " * 100, d.t)  # padded past the limit: not a card word
+    assert not ok
+    d.s.close(d.t)
+    ignored = [e for e in read_events(d.s.log.events_path) if e["event"] == "answer_ignored"]
+    assert [len(e["answer"]) < 120 for e in ignored] == [True, True]
+    assert d.s.log.events_path.stat().st_size < 20_000

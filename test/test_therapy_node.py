@@ -301,3 +301,24 @@ def test_phrases_are_parameters_and_the_yaml_translates_them(ctx, tmp_path):
         assert cfg.emotion_words["happy"] == "froh" and cfg.emotion_words["sad"] == "sad"
     finally:
         h.close()
+
+
+def test_huge_answers_and_commands_are_cut_in_the_node_log_and_events(ctx, tmp_path, capfd):
+    h = Harness(ctx, tmp_path)
+    try:
+        assert h.call("start").success
+        capfd.readouterr()
+        before = h.node.session.events[-1]["seq"]
+        h.pub_answer.publish(String(data="a" * 1_000_000))
+        h.pub_command.publish(String(data="c" * 100_000))
+        h.wait_for(lambda: sum(e["event"] == "answer_ignored" for e in h.node.session.events) == 1,
+                   "the huge answer to be handled")
+        h.spin(0.5)  # the command too
+        err = capfd.readouterr().err
+        assert "999936 more characters" in err and "99936 more characters" in err
+        assert len(err) < 5_000, len(err)
+        assert h.call("stop").success
+        events = [e for e in read_events(next(tmp_path.glob("*/events.jsonl"))) if e["seq"] > before]
+        assert all(len(json.dumps(e)) < 1_000 for e in events)
+    finally:
+        h.close()

@@ -29,7 +29,7 @@ from fer_ros import LABELS
 from fer_ros.msg import FaceExpressionArray, TherapyState
 from fer_ros.ros.params import Param, declare_params, qos_from_params, qos_params, run_node
 from fer_ros.therapy.log import SessionLog, write_reports
-from fer_ros.therapy.config import DEFAULT_PHRASES, PLACEHOLDERS, VERBS, TherapyConfig
+from fer_ros.therapy.config import DEFAULT_PHRASES, PLACEHOLDERS, VERBS, TherapyConfig, clip_text
 from fer_ros.therapy.observations import Face, Observation
 from fer_ros.therapy.session import TherapySession
 
@@ -216,7 +216,7 @@ class TherapyNode(Node):
         with self._lock:
             ok, text = self.session.answer(msg.data, self._now())
             self._flush()
-        self._report(ok, f"answer {msg.data!r}: {text}")
+        self._report(ok, f"answer {clip_text(msg.data)!r}: {text}")
 
     @_guarded
     def _on_command_topic(self, msg: String) -> None:
@@ -231,7 +231,7 @@ class TherapyNode(Node):
         with self._lock:
             ok, text = self.session.command(verb, self._now())
             self._flush()
-        self._report(ok, f"{verb}: {text}")
+        self._report(ok, f"{clip_text(verb)}: {text}")
         return ok, text
 
     def _report(self, ok: bool, text: str) -> None:

@@ -22,6 +22,7 @@ STAGES = ("idle", "introduction", "teaching", "practice", "done")
 VERBS = ("start", "pause", "resume", "skip", "stop")
 MAX_PHRASE_CHARS = 300
 MAX_NAME_CHARS = 40
+MAX_TEXT_CHARS = 64  # answers and commands from topics are logged and echoed at most this long
 _BRACES = re.compile(r"[{}]")
 
 #: Card words accepted besides the labels themselves (tablets and card readers vary).
@@ -179,8 +180,16 @@ class TherapyConfig:
         return self.phrases[key].format(**values)
 
 
+def clip_text(text, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out (for logs and replies)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def normalize_answer(text: str) -> Optional[str]:
     """A label from a card word ('Happy', ' surprised ' -> 'happy', 'surprise'), else None."""
+    if len(str(text)) > MAX_TEXT_CHARS:
+        return None
     word = str(text).strip().lower()
     word = ANSWER_ALIASES.get(word, word)
     return word if word in LABELS else None

@@ -73,9 +73,16 @@ class SessionLog:
         self._seq = 0
         self._file = open(self.events_path, "a", encoding="utf-8")
         self.closed = False
+        self.error: OSError | None = None  # the first failed write; the file takes no more after it
 
     def event(self, kind: str, t: float, **fields) -> dict:
-        """Append one event (``t`` = session clock in seconds) and make it durable."""
+        """Append one event (``t`` = session clock in seconds) and make it durable.
+
+        Raises OSError when the line cannot be written (disk full, medium gone). After that the
+        file is closed and every later event raises at once: appending after a half-written line
+        would corrupt the log in its middle, while a cut last line is skipped by `read_events`."""
+        if self.error is not None:
+            raise OSError(self.error.errno, f"session log unavailable since: {self.error}")
         if self.closed:
             raise RuntimeError(f"session log {self.events_path} is closed")
         self._seq += 1
@@ -83,23 +90,42 @@ class SessionLog:
                   "event": kind}
         record.update(fields)
         record = _jsonable(record)
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            self.error = exc
+            self.close()
+            raise
         return record
 
-    def finish(self, plot: bool = True) -> dict:
-        """Close the events file and write trials.csv (+ timeline.png). Returns the paths."""
-        if not self.closed:
-            self._file.close()
-            self.closed = True
-        return write_reports(self.events_path, plot=plot)
+    def finish(self, plot: bool = True, events: list | None = None) -> dict:
+        """Close the events file and write trials.csv (+ timeline.png). Returns the paths.
+        `events`: build the reports from these instead of the file (the session's own copy, when
+        the file missed events because writing failed)."""
+        self.close()
+        return write_reports(self.events_path, plot=plot, events=events)
+
+    def discard(self) -> None:
+        """Close, and remove the folder if nothing got into it (a session refused at its start)."""
+        self.close()
+        try:
+            if self.events_path.stat().st_size == 0:
+                self.events_path.unlink()
+                self.folder.rmdir()
+        except OSError:
+            pass
 
     def close(self) -> None:
+        """Close the events file; a failing close (its last flush) still leaves it closed."""
         if not self.closed:
-            self._file.close()
             self.closed = True
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.error = self.error or exc
 
 
 def read_events(path: str | os.PathLike) -> list[dict]:
@@ -237,10 +263,11 @@ def plot_timeline(events: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
-def write_reports(events_path: str | os.PathLike, plot: bool = True) -> dict:
-    """trials.csv, summary.json and timeline.png next to an events.jsonl; returns their paths."""
+def write_reports(events_path: str | os.PathLike, plot: bool = True, events: list | None = None) -> dict:
+    """trials.csv, summary.json and timeline.png next to an events.jsonl (from `events` when
+    given, else read from it); returns their paths."""
     events_path = Path(events_path)
-    events = read_events(events_path)
+    events = read_events(events_path) if events is None else events
     out = {"events": events_path, "trials": write_trials_csv(events, events_path.parent / TRIALS_FILE)}
     summary_path = events_path.parent / SUMMARY_FILE
     summary_path.write_text(json.dumps(_jsonable(summarize(events)), indent=2) + "\n")

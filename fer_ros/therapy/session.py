@@ -32,7 +32,7 @@ from fer_ros import LABELS
 from fer_ros.therapy.child import ChildWatch
 # The session's vocabulary, importable from here as before the split.
 from fer_ros.therapy.config import (ANSWER_ALIASES, DEFAULT_PHRASES, STAGES, VERBS, TherapyConfig,  # noqa: F401
-                                    normalize_answer, plan_trials)
+                                    clip_text, normalize_answer, plan_trials)
 from fer_ros.therapy.observations import Face, Observation, Output, State, select_child  # noqa: F401
 
 #: A held expression survives gaps without the child's face up to this long (missed detections,
@@ -66,6 +66,7 @@ class TherapySession(ChildWatch):
         self.t0 = t
         self.log = log
         self._log_error = None
+        self.events = []
         self.session_id = getattr(self.log, "session_id", "") or ""
         seed = self.cfg.seed if self.cfg.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
         rng = random.Random(seed)
@@ -75,6 +76,14 @@ class TherapySession(ChildWatch):
         }
         self._event("session_start", session_id=self.session_id, seed=seed, config=self.cfg.to_dict(),
                     plan=self.plan)
+        if self._log_error is not None:  # e.g. the disk is full: refuse rather than run unrecorded
+            error = self._log_error
+            discard = getattr(log, "discard", None)
+            if discard is not None:
+                discard()
+            self._reset()
+            return self._finish_call(False, f"cannot write the session log: {error}; free space in the log "
+                                            "folder, then start again")
         self._enter_stage("introduction")
         return self._finish_call(True, f"session {self.session_id or ''} started".replace("  ", " "))
 
@@ -83,7 +92,7 @@ class TherapySession(ChildWatch):
         verb = str(verb).strip().lower()
         verb = {"next": "skip", "advance": "skip", "continue": "resume"}.get(verb, verb)
         if verb not in VERBS:
-            return False, f"unknown command {verb!r}; use one of {', '.join(VERBS)}"
+            return False, f"unknown command {clip_text(verb)!r}; use one of {', '.join(VERBS)}"
         if verb == "start":
             return self.start(t)
         self._advance(t)
@@ -110,8 +119,9 @@ class TherapySession(ChildWatch):
         self._advance(t)
         label = normalize_answer(text)
         if label is None:
-            self._event("answer_ignored", answer=str(text), reason="not an emotion label")
-            return self._finish_call(False, f"{text!r} is not an emotion; use one of {', '.join(LABELS)}")
+            shown = clip_text(text)  # a topic can carry megabytes: logs and replies get a bounded excerpt
+            self._event("answer_ignored", answer=shown, reason="not an emotion label")
+            return self._finish_call(False, f"{shown!r} is not an emotion; use one of {', '.join(LABELS)}")
         reason = None
         if self.stage != "practice" or self.phase != "awaiting":
             reason = f"no question asked (stage {self.stage}, phase {self.phase})"
@@ -226,7 +236,7 @@ class TherapySession(ChildWatch):
         if self.log is not None:
             try:
                 record = self.log.event(kind, t, **fields)
-            except OSError as exc:  # disk full, USB stick pulled: keep the session going, alert once
+            except (OSError, ValueError) as exc:  # disk full, USB stick pulled: keep scoring in memory, alert once
                 if self._log_error is None:
                     self._log_error = str(exc)
                     self.outbox.append(Output("alert", f"log_error: cannot write {self.log.events_path}: {exc}"))
@@ -474,6 +484,7 @@ class TherapySession(ChildWatch):
                     trials=len(self.trials))
         if self.log is not None:
             try:
-                self.reports = self.log.finish()
+                # after a write error the file lacks events: the reports come from the session's copy
+                self.reports = self.log.finish(events=self.events if self._log_error else None)
             except Exception as exc:  # the events file is already complete; reports can be rebuilt
                 self.reports = {"error": f"{type(exc).__name__}: {exc}"}
