@@ -170,3 +170,26 @@ def test_large_frames_are_processed_and_reported_in_diagnostics(ros, width, heig
         assert {kv.key: kv.value for kv in node.diagnostics().values}["frames_large"] == "1"
     finally:
         node.destroy_node()
+
+
+@pytest.mark.parametrize("max_width,expected", [(None, (1080, 1920)), (1280, (720, 1280)), (0, (2160, 3840))])
+def test_camera_node_downscales_4k_frames_to_max_width(ros, tmp_path, max_width, expected):
+    """camera_node keeps frames small enough to cross best-effort QoS: a 4K image leaves it at
+    max_width (default 1920) with its aspect ratio; 0 keeps the full size."""
+    import cv2
+
+    from fer_ros.ros.camera_node import CameraNode
+
+    ramp = np.linspace(0, 255, 3840, dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "4k.jpg"), np.dstack([np.tile(ramp, (2160, 1))] * 3))
+    params = [rclpy.parameter.Parameter("source", value=str(tmp_path))]
+    if max_width is not None:
+        params.append(rclpy.parameter.Parameter("max_width", value=max_width))
+    context, _ = ros
+    node = CameraNode(parameter_overrides=params, context=context)
+    try:
+        frame = node.read_frame()
+        assert frame.shape == (*expected, 3)
+        assert frame[:, 0].mean() < 20 and frame[:, -1].mean() > 235  # the same picture, scaled
+    finally:
+        node.destroy_node()

@@ -39,6 +39,9 @@ PARAMS = [
           read_only=True),
     Param("height", 0, "Output height in pixels (0: the source's own height; demo: 480).", range=(0, 8192),
           read_only=True),
+    Param("max_width", 1920, "Downscale wider frames to this width, keeping the aspect ratio (0: never). "
+          "Over best-effort QoS most 2560x1440 and 4K images are lost on the way; detection runs on a "
+          "320 px wide copy anyway.", range=(0, 8192), read_only=True),
     Param("frame_id", "camera", "frame_id written into each image header."),
     Param("loop", True, "Start over at the end of a video file or image folder (demo always loops)."),
     Param("exit_at_end", False, "Shut the node down when a non-looping file or folder has been played."),
@@ -216,6 +219,10 @@ class CameraNode(Node):
         w, h = self.p["width"], self.p["height"]
         if (w or h) and self.kind != "demo" and (frame.shape[1], frame.shape[0]) != (w or frame.shape[1], h or frame.shape[0]):
             frame = cv2.resize(frame, (w or frame.shape[1], h or frame.shape[0]), interpolation=cv2.INTER_AREA)
+        limit = self.p["max_width"]
+        if limit and frame.shape[1] > limit:
+            size = (limit, max(1, round(frame.shape[0] * limit / frame.shape[1])))
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return frame
