@@ -61,13 +61,15 @@ VENDOR_PY := ros2/launch/launch ros2/launch/launch_xml ros2/launch/launch_yaml r
   ros2node ros2topic ros2service ros2param ros2lifecycle ros2interface)
 VENDOR_MSGS := ros2/rcl_interfaces/composition_interfaces hri_msgs
 $(VENDOR_STAMP): | $(DEPS_STAMP)  # order only: new requirements do not remove these
-	@set -e; T=$$(mktemp -d); trap 'rm -rf "$$T"' EXIT; cp -r "$(VENDOR)"/. "$$T"/; \
+	@# One install at a time: a second `make build` meanwhile waits, then finds the stamp.
+	@set -e; exec 9>"$(VENV)/.fer_ros_vendor.lock"; flock 9; test ! -f $@ || exit 0; \
+	T=$$(mktemp -d); trap 'rm -rf "$$T"' EXIT; cp -r "$(VENDOR)"/. "$$T"/; \
 	$(VENV)/bin/python -m pip install -q osrf-pycommon psutil argcomplete; \
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation $(addprefix $$T/,$(VENDOR_PY)); \
 	for p in $(VENDOR_MSGS); do b=$$T/build_$$(basename $$p); \
 	  CMAKE_PREFIX_PATH=$(VENV) cmake -S $$T/$$p -B $$b -DCMAKE_INSTALL_PREFIX=$(VENV) \
 	    -DPython3_EXECUTABLE=$(VENV)/bin/python -DBUILD_TESTING=OFF > $$b.log || { cat $$b.log; exit 1; }; \
-	  cmake --build $$b -j2 > $$b.log || { cat $$b.log; exit 1; }; cmake --install $$b > /dev/null; done
+	  cmake --build $$b -j2 > $$b.log || { cat $$b.log; exit 1; }; cmake --install $$b > /dev/null; done; \
 	touch $@
 
 # Generates the messages and installs them, the Python package and the executables into .venv.
