@@ -217,13 +217,14 @@ def test_token_required_when_set():
     assert c2.get("/static/app.js", headers={"X-Dashboard-Token": "s3cret"}).status_code == 200
 
 
-def test_dashboard_off_from_the_launch_argument(tmp_path):
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN)
-    try:
-        node = DashboardNode(context=ctx, parameter_overrides=[Parameter("enabled", value="false")])
-        assert node.server is None and not hasattr(node, "app")
-        assert node.get_subscriptions_info_by_topic("/therapy/state") == []
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=ctx)
+def test_both_launchers_start_the_dashboard_unless_dashboard_false():
+    from fer_ros.ros import launcher, node_set
+
+    config = node_set.source_config()
+    for value, started in (("true", True), ("false", False)):
+        values = {**node_set.argument_defaults(config), "dashboard": value, "session_log_dir": "/data/sessions"}
+        plan = {spec.name: argv for spec, argv in launcher.plan(config, values)}
+        assert ("dashboard_node" in plan) is started and "therapy_node" in plan
+        if started:  # the history lists the folder the therapy node writes to
+            argv = plan["dashboard_node"]
+            assert argv[argv.index("-p", argv.index("--ros-args")) + 1] == 'log_dir:="/data/sessions"'

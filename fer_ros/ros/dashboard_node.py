@@ -35,9 +35,6 @@ from fer_ros.msg import FaceExpressionArray, TherapyState
 from fer_ros.ros.params import Param, declare_params, run_node
 
 PARAMS = [
-    Param("enabled", True, "Serve the dashboard (false: the node only idles; launch argument dashboard). "
-                           "Also accepts the strings true/false that launch arguments pass.",
-          read_only=True, dynamic_typing=True),
     Param("host", "127.0.0.1", "Interface to listen on; any other than 127.0.0.1/localhost needs the access "
                                "token, which is printed at start.", read_only=True),
     Param("port", 8080, "TCP port of the dashboard (0: any free port, printed at start).", range=(0, 65535),
@@ -72,13 +69,6 @@ def state_fields(msg: TherapyState) -> dict:
     return {name: getattr(msg, name) for name in msg.get_fields_and_field_types() if name != "header"}
 
 
-def as_bool(value) -> bool:
-    """A launch argument arrives as a string: 'false', 'off', '0' and '' are false."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("false", "off", "no", "0", "")
-    return bool(value)
-
-
 def _wall() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
 
@@ -100,9 +90,6 @@ class DashboardNode(Node):
         self._watch_until = 0.0
         self._image_sub = None
         self.server = self._thread = None
-        if not as_bool(self.p["enabled"]):
-            self.get_logger().info("dashboard disabled (enabled:=false)")
-            return
         host = self.p["host"]
         self.token = self.p["token"] or ("" if is_local(host) else secrets.token_urlsafe(16))
 

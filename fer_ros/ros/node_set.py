@@ -56,8 +56,9 @@ NODES = (
              arguments=(("log_dir", "session_log_dir"),),
              remappings=(("faces/expressions", "expressions_topic"),)),
     NodeSpec("dashboard_node", "dashboard_node", "fer_ros.ros.dashboard_node",
-             arguments=(("enabled", "dashboard"), ("log_dir", "session_log_dir")),
-             remappings=(("faces/expressions", "expressions_topic"), ("faces/image_annotated", "annotated_topic"))),
+             arguments=(("log_dir", "session_log_dir"),),
+             remappings=(("faces/expressions", "expressions_topic"), ("faces/image_annotated", "annotated_topic")),
+             condition="dashboard"),
 )
 
 
