@@ -104,3 +104,17 @@ def model_for_tests(tmp_dir) -> str:
     if default_model_path().is_file():
         return str(default_model_path())
     return str(make_onnx_model(Path(tmp_dir) / "tiny_fer.onnx"))
+
+
+def faces_msg(expression: str, conf: float = 0.9, face_id: int = 4):
+    """A fer_ros/FaceExpressionArray with one face showing `expression` at `conf` (the rest of
+    the probability spread evenly), as the expression node would publish it."""
+    from fer_ros import LABELS
+    from fer_ros.msg import FaceExpression, FaceExpressionArray
+
+    msg = FaceExpressionArray(image_width=640, image_height=480)
+    f = FaceExpression(face_id=face_id, expression=expression, confidence=conf, detection_score=0.95)
+    f.box.x_offset, f.box.y_offset, f.box.width, f.box.height = 250, 150, 120, 120
+    f.scores = [conf if label == expression else (1.0 - conf) / 6 for label in LABELS]
+    msg.faces = [f]
+    return msg

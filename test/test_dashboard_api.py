@@ -20,21 +20,13 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from fer_ros import LABELS  # noqa: E402
 from fer_ros.dashboard.app import create_app  # noqa: E402
-from fer_ros.msg import FaceExpression, FaceExpressionArray  # noqa: E402
+from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.dashboard_node import DashboardNode  # noqa: E402
 from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
 from fer_ros.ros.therapy_node import TherapyNode  # noqa: E402
+from conftest import faces_msg  # noqa: E402
 
 DOMAIN = random.randint(1, 100)
-
-
-def faces_msg(expression: str, conf: float = 0.9, face_id: int = 4) -> FaceExpressionArray:
-    msg = FaceExpressionArray(image_width=640, image_height=480)
-    f = FaceExpression(face_id=face_id, expression=expression, confidence=conf, detection_score=0.95)
-    f.box.x_offset, f.box.y_offset, f.box.width, f.box.height = 250, 150, 120, 120
-    f.scores = [conf if label == expression else (1.0 - conf) / 6 for label in LABELS]
-    msg.faces = [f]
-    return msg
 
 
 def wait_for(cond, timeout=5.0, what="condition"):

@@ -24,7 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.dashboard_node import DashboardNode  # noqa: E402
 from fer_ros.ros.therapy_node import TherapyNode  # noqa: E402
-from test_dashboard_api import faces_msg  # noqa: E402
+from conftest import faces_msg  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -21,24 +21,14 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from fer_ros import LABELS  # noqa: E402
-from fer_ros.msg import FaceExpression, FaceExpressionArray, TherapyState  # noqa: E402
+from fer_ros.msg import FaceExpressionArray, TherapyState  # noqa: E402
 from fer_ros.therapy.log import read_events  # noqa: E402
 from fer_ros.ros.therapy_node import TherapyNode  # noqa: E402
+from conftest import faces_msg  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 DOMAIN = random.randint(1, 100)
-
-
-def faces_msg(expression: str, conf: float = 0.9, face_id: int = 4) -> FaceExpressionArray:
-    msg = FaceExpressionArray(image_width=640, image_height=480)
-    f = FaceExpression(face_id=face_id, expression=expression, confidence=conf, detection_score=0.95)
-    f.box.x_offset, f.box.y_offset, f.box.width, f.box.height = 250, 150, 120, 120
-    rest = (1.0 - conf) / 6
-    f.scores = [conf if label == expression else rest for label in LABELS]
-    msg.faces = [f]
-    return msg
 
 
 @pytest.fixture
