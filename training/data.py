@@ -19,6 +19,8 @@ import numpy as np
 
 from fer_ros import LABELS
 from fer_ros.perception import preprocess as P
+from fer_ros.perception.fer2013 import SPLITS as FER_SPLITS
+from fer_ros.perception.fer2013 import read_npz
 from fer_ros.perception.preprocess import FACE_SIZE, Framing, crop_face, crop_faces, framing_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +81,6 @@ class FaceSet:
 
 
 # ---------------------------------------------------------------- FER-2013
-FER_SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
 def load_fer2013(path) -> FaceSet:
@@ -90,15 +91,8 @@ def load_fer2013(path) -> FaceSet:
         raise FileNotFoundError(f"FER-2013 not found at {path}")
     if path.suffix == ".csv":
         return _load_fer_csv(path)
-    d = np.load(path)
-    jpeg, off = d["jpeg"], d["offsets"]
-    # A compact copy (training.devcarry) stores the JPEG header all files share once, as `prefix`.
-    pre = d["prefix"].tobytes() if "prefix" in d else b""
-    images = np.stack([cv2.imdecode(np.frombuffer(pre + jpeg[a:b].tobytes(), np.uint8) if pre else jpeg[a:b],
-                                    cv2.IMREAD_GRAYSCALE) for a, b in zip(off[:-1], off[1:])])
-    names = [str(s) for s in d["split_names"]]
-    split = np.array([FER_SPLITS.index(names[s]) for s in d["split"]], np.int64)
-    return FaceSet(images, d["labels"].astype(np.int64), LABELS, split=split, info={"source": str(path)})
+    images, labels, split = read_npz(path)  # the package's one FER-2013 decoder
+    return FaceSet(images, labels.astype(np.int64), LABELS, split=split.astype(np.int64), info={"source": str(path)})
 
 
 def _load_fer_csv(path: Path) -> FaceSet:

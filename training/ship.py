@@ -20,7 +20,7 @@ import numpy as np
 
 from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier
-from fer_ros.perception.preprocess import normalize, tta_view_count
+from fer_ros.perception.preprocess import FRAMINGS, normalize, tta_view_count
 from training import data as D
 from training.export import compare, export_onnx
 from training.model import load_checkpoint
@@ -65,6 +65,9 @@ def main(argv=None) -> int:
         return metrics(test.labels, pred, LABELS)
 
     by_tta = {name: score(*fc) for name, fc in TTA.items()}
+    from training import robustness
+
+    robust = robustness.run(onnx_path, D.shared_path(a.shared), views=(1, 2))
     m, md_ = by_tta["none"], by_tta["flip+crops"]
     cfg = ck.get("train_config", {})
     date = a.trained_on or dt.datetime.fromtimestamp(Path(a.checkpoint).stat().st_mtime, dt.timezone.utc).strftime(
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
                      "trained_on": date, "epochs_run": (ck.get("epoch", -1) + 1) if "epoch" in ck else None,
                      "train_seconds": a.train_seconds,
                      "data": "FER-2013 Training split (28,709 images) from shared/data/fer2013.npz; "
-                             "model selected on PublicTest (3,589)"},
+                             + ("the last epoch is shipped (PublicTest chose nothing)" if cfg.get("select") == "last"
+                                else "model selected on PublicTest (3,589)")},
         "scores": {"fer2013_publictest": {k: m[k] for k in ("n", "accuracy", "macro_precision", "macro_recall",
                                                               "macro_f1")},
                    "per_class_recall": {c: m["per_class"][c]["recall"] for c in LABELS},
@@ -90,6 +94,9 @@ def main(argv=None) -> int:
                        for name, fc in TTA.items()},
                    "per_class_recall_12_views": {c: md_["per_class"][c]["recall"] for c in LABELS},
                    "measured_with": "onnxruntime CPU on the exported file"},
+        "preprocess": {"framing": {k: f.to_dict() for k, f in FRAMINGS.items()},
+                       "framing_measured_by": "python -m training.calibrate (docs/results/crop_calibration.json)"},
+        "robustness": robust,
         "export": {"opset": 17, "max_abs_logit_diff_vs_pytorch_on_publictest": diff, "exported_on":
                    dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
         "extra": json.loads(Path(a.extra_json).read_text()) if a.extra_json else {},
@@ -115,8 +122,13 @@ def main(argv=None) -> int:
         f" alpha {cfg.get('center_alpha')}; SGD lr {cfg.get('lr')} ({cfg.get('schedule')}), momentum {cfg.get('momentum')},"
         f" weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch')}, epochs {cfg.get('epochs')}"
         f" (selected epoch: {t['epochs_run']})",
-        f"- augmentation: random crop of {cfg.get('min_scale', 0.85):.0%}-100% of the face box, resize to 48x48,"
-        " horizontal flip"
+        "- augmentation: " + (
+            f"the FER-2013 frame jittered like detector boxes (side x{cfg.get('scale_lo'):g}-{cfg.get('scale_hi'):g},"
+            f" centre shifted up to ±{cfg.get('shift'):g} of the side, border repeated), resize to 48x48, horizontal flip"
+            if cfg.get("jitter") == "framing" else
+            f"random crop of {cfg.get('min_scale', 0.85):.0%}-100% of the face box "
+            f"({'area' if cfg.get('jitter') == 'area' else 'side'}), resize to 48x48, horizontal flip")
+        + (", random gamma/contrast/brightness and blur" if cfg.get("photo") else "")
         + (f", rotation by up to ±{cfg['rotate']:g}°" if cfg.get("rotate") else "")
         + (f", random erasing with probability {cfg['erase']:g}" if cfg.get("erase") else ""),
         *([f"- beyond the paper: label smoothing {cfg.get('label_smoothing', 0)}, weight EMA decay"
@@ -137,6 +149,24 @@ def main(argv=None) -> int:
         f"- the network alone (no averaging): macro precision {m['macro_precision']:.3f}, recall {m['macro_recall']:.3f}",
         "- per-class recall (12 views): " + ", ".join(f"{c} {md_['per_class'][c]['recall']:.2f}" for c in LABELS),
         "- note: PublicTest is also the selection set (the shared data has no PrivateTest), so this is slightly optimistic.",
+        "", "## Crop framing (how a detector box becomes the 48x48 face)",
+        "Square crops framed like FER-2013's, measured per detector by `python -m training.calibrate`"
+        " (docs/results/crop_calibration.json): "
+        + "; ".join(f"{k}: side {f.scale:g} x box, centre moved ({f.dx:+g}, {f.dy:+g}) box sides"
+                    for k, f in FRAMINGS.items()) + ".",
+        "", "## Robustness (`python -m training.robustness`; PublicTest, FP32, accuracy % and change from clean)",
+        "| condition | 1 view | 2 views (default) |", "|---|---|---|",
+        *[f"| {c} | {robust['views']['1']['publictest'][c]:.2f} "
+          f"({robust['views']['1']['publictest'][c] - robust['views']['1']['publictest']['clean']:+.2f}) | "
+          f"{robust['views']['2']['publictest'][c]:.2f} "
+          f"({robust['views']['2']['publictest'][c] - robust['views']['2']['publictest']['clean']:+.2f}) |"
+          for c in robust["views"]["1"]["publictest"]],
+        "",
+        f"JAFFE (213 full images) through the default detector, the calibrated crop and this model, 1 / 2 views: "
+        f"{robust['views']['1']['jaffe_pipeline']['accuracy']:.2f}% / {robust['views']['2']['jaffe_pipeline']['accuracy']:.2f}%"
+        f" ({robust['views']['1']['jaffe_pipeline']['detected']} faces found); with the old crop (box + 10% per side) "
+        f"{robust['views']['1']['jaffe_pipeline_old_crop']['accuracy']:.2f}% / "
+        f"{robust['views']['2']['jaffe_pipeline_old_crop']['accuracy']:.2f}%.",
         "", "## Export check",
         f"- ONNX opset 17, dynamic batch; max |logit difference| vs PyTorch on the 3,589 PublicTest faces: {diff:.2e}",
         "",
