@@ -18,13 +18,15 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.dashboard_node import DashboardNode  # noqa: E402
 from fer_ros.ros.therapy_node import TherapyNode  # noqa: E402
-from conftest import faces_msg  # noqa: E402
+from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
+from conftest import faces_msg, shared_dir  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -36,6 +38,23 @@ DOMAIN = random.randint(1, 100)
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1024,768")
+
+
+def annotated_frame():
+    """A camera frame with the expression node's kind of overlay (a face photo when the shared
+    media are there, else a plain frame)."""
+    import cv2
+    import numpy as np
+
+    photo = shared_dir() / "media" / "single_face.jpg"
+    bgr = cv2.imread(str(photo)) if photo.is_file() else None
+    if bgr is None:
+        bgr = np.full((480, 640, 3), 90, np.uint8)
+    bgr = cv2.resize(bgr, (640, round(bgr.shape[0] * 640 / bgr.shape[1])))
+    h, w = bgr.shape[:2]
+    cv2.rectangle(bgr, (w // 3, h // 5), (2 * w // 3, 3 * h // 5), (0, 200, 0), 2)
+    cv2.putText(bgr, "#4 happy 90%", (w // 3, h // 5 - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 200, 0), 2)
+    return bgr
 
 
 @pytest.fixture
@@ -52,6 +71,8 @@ def served(tmp_path):
                                                            Parameter("log_dir", value=str(tmp_path))])
     child = Node("browser_test_child", context=ctx)
     pub = child.create_publisher(FaceExpressionArray, "faces/expressions", 10)
+    pub_image = child.create_publisher(Image, "faces/image_annotated", 10)
+    annotated = bgr_to_image_msg(annotated_frame())
     ex = SingleThreadedExecutor(context=ctx)
     for n in (therapy, dash, child):
         ex.add_node(n)
@@ -61,6 +82,7 @@ def served(tmp_path):
         while not stop.is_set():
             clock[0] += 0.1
             pub.publish(faces_msg("happy"))
+            pub_image.publish(annotated)
             time.sleep(0.05)
 
     threads = [threading.Thread(target=ex.spin, daemon=True), threading.Thread(target=child_in_view, daemon=True)]
@@ -96,6 +118,9 @@ def test_page_starts_a_session_and_scores_an_answer(served, browser):
     wait = WebDriverWait(browser, 15)
     text = lambda id_: browser.find_element(By.ID, id_).text
     wait.until(lambda d: text("stage") == "idle")
+    # the live image arrives while the page is shown
+    wait.until(lambda d: d.execute_script("const f = document.getElementById('frame');"
+                                          "return !f.hidden && f.complete && f.naturalWidth === 640;"))
     assert text("score") == "0/0"
     boxes = browser.find_elements(By.CSS_SELECTOR, "#emotion-choices input:checked")
     assert [b.get_attribute("value") for b in boxes] == ["happy", "sad"]  # the therapy node's settings
