@@ -220,3 +220,39 @@ def test_both_launchers_start_the_dashboard_unless_dashboard_false():
         if started:  # the history lists the folder the therapy node writes to
             argv = plan["dashboard_node"]
             assert argv[argv.index("-p", argv.index("--ros-args")) + 1] == 'log_dir:="/data/sessions"'
+
+
+def test_face_lost_alert_shows_in_the_live_view(system):
+    c = system.client
+    assert c.post("/api/command/start", json={}).json()["success"] is True
+    system.until("greeting", lambda s: s["phase"] == "free_play")
+    for _ in range(30):  # the child leaves: 3 s of session time without faces
+        system.now += 0.1
+        time.sleep(0.01)
+    live = wait_for(lambda: (v := c.get("/api/live").json())["alerts"] and v, what="an alert")
+    alert = live["alerts"][-1]
+    assert alert["kind"] == "face_lost" and "not seen" in alert["text"]
+    assert system.state()["paused"] is True and system.state()["pause_reason"] == "face_lost"
+
+
+def test_other_interfaces_need_the_printed_token(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN)
+    node = None
+    try:
+        node = DashboardNode(context=ctx, parameter_overrides=[
+            Parameter("host", value="0.0.0.0"), Parameter("port", value=0), Parameter("log_dir", value=str(tmp_path))])
+        assert len(node.token) >= 16
+        base = f"http://127.0.0.1:{node.port}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/sessions", timeout=5)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(f"{base}/api/sessions?token={node.token}", timeout=5) as r:
+            assert r.status == 200 and b'"sessions":[]' in r.read()
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)

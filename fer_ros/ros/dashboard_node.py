@@ -115,6 +115,7 @@ class DashboardNode(Node):
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))  # bound here: a busy port is a clear error at start, not in a thread
+        sock.listen(64)  # requests arriving before the server thread runs wait instead of being refused
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
