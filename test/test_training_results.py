@@ -4,6 +4,7 @@ the result.json files, CV runs cut short are averaged over the folds that finish
 import json
 
 import numpy as np
+import pytest
 
 from training.report import metrics
 from training.results import tables
@@ -53,3 +54,38 @@ def test_tables_from_run_directories(tmp_path):
     # the run at another stage-2 lr gets a Table 2 column and a Table 5 row
     assert "| two-stage, stage-2 lr 0.01 % | paper (two-stage) % |" in md
     assert "| last frame, 6 classes, stage-2 lr 0.01 | 309 | 80.00 ± 0.00 / F1 1.000 | not run | 96.92 |" in md
+
+
+def test_paper_tables_from_seed_runs(tmp_path):
+    """`training.results paper`: per paper figure, mean and sd over the seed runs in percent, the
+    folds, each run's command and commit, and the paper-style best-fold-best-epoch figure kept
+    apart and labelled as chosen on the test fold."""
+    from training import results as R
+
+    def cv(name, accs, seed, hist):
+        d = tmp_path / name
+        for i, h in enumerate(hist):
+            (d / f"fold{i}").mkdir(parents=True)
+            (d / f"fold{i}" / "history.json").write_text(json.dumps([{"epoch": e + 1, "val_acc": a} for e, a in enumerate(h)]))
+        (d / "result.json").write_text(json.dumps({
+            "kind": "cv", "k": len(accs), "folds": [{"fold": i, "accuracy": a} for i, a in enumerate(accs)],
+            "mean_accuracy": sum(accs) / len(accs), "std_accuracy": 0.0, "config": {"seed": seed, "inner_val": 0.0},
+            "command": f"python -m training.experiments cv --seed {seed}", "commit": "abc1234"}))
+        return d
+
+    a = cv("ck_s0", [0.9, 0.8], 0, [[0.5, 0.95, 0.9], [0.7, 0.8]])
+    b = cv("ck_s1", [1.0, 0.9], 1, [[0.6, 1.0], [0.9, 0.9]])
+    x = tmp_path / "x_s0"
+    x.mkdir()
+    (x / "result.json").write_text(json.dumps({"kind": "cross", "test": {"accuracy": 0.5}, "config": {"seed": 0},
+                                               "command": "c", "commit": "d"}))
+    out = tmp_path / "paper.json"
+    assert R.main(["paper", "--ck6", str(a), str(b), "--jaffe-to-ck6", str(x), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ck = res["ckplus6_last_frame_random_5fold"]
+    assert ck["mean"] == pytest.approx(90.0) and ck["sd"] == pytest.approx(5.0) and ck["n_runs"] == 2
+    assert ck["folds"] == [[90.0, 80.0], [100.0, 90.0]] and ck["paper"] == 96.92 and ck["epoch"] == "last"
+    assert ck["paper_style_best_fold_best_epoch_selected_on_test_fold"] == pytest.approx(100.0)
+    assert [r["commit"] for r in ck["runs"]] == ["abc1234"] * 2
+    assert res["cross_jaffe_to_ckplus6"]["mean"] == pytest.approx(50.0)
+    assert "jaffe_random_5fold" not in res  # nothing given, nothing claimed

@@ -36,6 +36,19 @@ from training.train import TrainConfig, train_model
 STAGE2 = dict(lr=0.045, epochs=30, bn_recal=True)
 
 
+def provenance() -> dict:
+    """The command line and the commit that produce a result (for the docs' numbers)."""
+    import subprocess
+    import sys
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"command": "python -m training.experiments " + " ".join(sys.argv[1:]), "commit": commit}
+
+
 def load_dataset(name: str, shared=None) -> D.FaceSet:
     root = D.shared_path(shared) / "data"
     if name == "jaffe":
@@ -119,7 +132,7 @@ def run_cv(fs: D.FaceSet, cfg: TrainConfig, out, by: str = "random", k: int = 5,
            "train_setup": train_fs.info.get("setup", train_fs.info.get("source")) if train_fs is not None else None,
            "class_names": list(fs.class_names), "config": asdict(cfg), "folds": per_fold,
            "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
-           "pooled": pooled, "info": {k2: v for k2, v in fs.info.items() if k2 != "boxes"}}
+           "pooled": pooled, "info": {k2: v for k2, v in fs.info.items() if k2 != "boxes"}, **provenance()}
     write_json(res, out / "result.json")
     plot_confusion(pooled, out / "confusion.png",
                    title=f"{out.name}: {np.mean(accs):.2%} +- {np.std(accs):.2%} ({by} {k}-fold)")
@@ -137,7 +150,7 @@ def run_cross(src: D.FaceSet, tgt: D.FaceSet, cfg: TrainConfig, out) -> dict:
     pred = np.array(cols)[logits[:, cols].argmax(1)]
     m = metrics(t.labels, pred, src.class_names)
     r = {"kind": "cross", "classes": shared, "n_test": len(t), "n_train": len(src), "config": asdict(cfg),
-         "test": m}
+         "test": m, **provenance()}
     for f in ("last.pt", "best.pt"):
         (out / "train" / f).unlink(missing_ok=True)
     write_json(r, out / "result.json")
