@@ -117,6 +117,9 @@ def test_api_runs_a_session_and_lists_it(system, tmp_path):
     assert system.therapy.session.cfg.emotions == ["sad", "surprise"]
     assert system.therapy.session.cfg.child_name == "Kim"
     assert c.post("/api/command/start", json={}).json()["success"] is False  # already running
+    r = c.post("/api/command/start", json={"child_name": "Other", "emotions": ["fear"]}).json()
+    assert r["success"] is False and "settings not changed" in r["message"]
+    assert system.therapy.session.cfg.child_name == "Kim"
     system.until("introduction", lambda s: s["stage"] == "introduction")
 
     # an answer before any question is published but reported as not scored

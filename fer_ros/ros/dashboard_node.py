@@ -24,7 +24,7 @@ import rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rcl_interfaces.srv import GetParameters, SetParameters
+from rcl_interfaces.srv import GetParameters, SetParametersAtomically
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -100,7 +100,7 @@ class DashboardNode(Node):
         self.clients_ = {verb: self.create_client(Trigger, f"therapy/{verb}") for verb in VERBS}
         therapy = self.p["therapy_node"]
         self.get_params = self.create_client(GetParameters, f"{therapy}/get_parameters")
-        self.set_params = self.create_client(SetParameters, f"{therapy}/set_parameters")
+        self.set_params = self.create_client(SetParametersAtomically, f"{therapy}/set_parameters_atomically")
         self.create_timer(0.5, self._manage_image_subscription)
         self.app = create_app(self, token=self.token, frame_interval=1.0 / self.p["frame_rate"])
         if serve:
@@ -199,12 +199,13 @@ class DashboardNode(Node):
         if verb not in VERBS:
             return False, f"unknown command {verb!r}"
         if settings:
-            params = [Parameter(k, value=list(v) if isinstance(v, list) else v).to_parameter_msg()
-                      for k, v in settings.items()]
-            results = self._call(self.set_params, SetParameters.Request(parameters=params)).results
-            refused = [r.reason for r in results if not r.successful]
-            if refused:
-                return False, "settings refused: " + "; ".join(refused)
+            stage = self.state()["stage"]
+            if stage not in ("idle", "done"):  # the form must not change a running session
+                return False, f"a session is already running (stage {stage}); settings not changed"
+            params = [Parameter(k, value=v).to_parameter_msg() for k, v in settings.items()]
+            result = self._call(self.set_params, SetParametersAtomically.Request(parameters=params)).result
+            if not result.successful:  # all or nothing: nothing was changed
+                return False, f"settings refused: {result.reason}"
         response = self._call(self.clients_[verb], Trigger.Request())
         return bool(response.success), response.message
 
