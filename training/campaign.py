@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-crops", action="store_true",
                     help="... and with its five 90%% crops averaged in (ExpressionClassifier's crop_average)")
     ap.add_argument("--jobs", type=int, default=0, help="at most this many processes at once (0: all at once)")
+    ap.add_argument("--stage2-args", default="",
+                    help="more training.experiments options for every stage-2 and cross-dataset run, e.g. "
+                         "\"--backbone-lr-mult 0.1 --probe-epochs 5 --swa-from 20 --interp 0.7 --inner-val 0.2 "
+                         "--label-smoothing 0.1 --center-reduction sum\"")
     a = ap.parse_args(argv)
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
@@ -111,7 +115,9 @@ def main(argv=None) -> int:
 
     s1 = ["--epochs", str(a.stage1_epochs), "--max-seconds", str(a.stage1_seconds), "--quiet"]
     tta = (["--eval-flip"] if a.eval_flip else []) + (["--eval-crops"] if a.eval_crops else [])
-    cv = ["--epochs", str(a.cv_epochs)] + tta
+    import shlex
+
+    cv = ["--epochs", str(a.cv_epochs)] + tta + shlex.split(a.stage2_args)
     if a.tiny:
         s1 = ["--epochs", "1", "--limit", "256", "--val-limit", "128", "--quiet"]
         cv = ["--epochs", "1", "--folds", "0"]
@@ -162,7 +168,7 @@ def main(argv=None) -> int:
                 jobs.append((f"cv_ck{setup}_2s_{by}", [*exp, "cv", "--dataset", f"ckplus:{setup}", "--by", by, *init,
                                                        "--out", str(runs / f"cv_ck{setup}_2s_{by}"), *s2]))
         xe = ["--epochs", "1"] if a.tiny else ["--epochs", str(a.cv_epochs)]
-        xe += ["--lr", str(a.stage2_lr)] + tta
+        xe += ["--lr", str(a.stage2_lr)] + tta + shlex.split(a.stage2_args)
         jobs.append(("cross_jaffe_to_ck6", [*exp, "cross", "--source", "jaffe", "--target", "ckplus:small6", *init,
                                             "--out", str(runs / "cross_jaffe_to_ck6"), *xe]))
         jobs.append(("cross_ck6_to_jaffe", [*exp, "cross", "--source", "ckplus:small6", "--target", "jaffe", *init,
