@@ -164,6 +164,12 @@ def test_api_rejects_bad_input_and_paths(system, tmp_path):
     assert c.post("/api/command/pause", json={"emotions": ["sad"]}).status_code == 422
     assert c.post("/api/answer", json={"answer": "x" * 5000}).status_code == 413
     assert c.post("/api/answer", json={"answer": "banana"}).status_code == 422
+    # what another web site in the same browser could send: a form post, or JSON from its origin
+    assert c.post("/api/command/stop", data={"x": "1"}).status_code == 415
+    assert c.post("/api/command/stop", content=b"").status_code == 415
+    r = c.post("/api/command/start", json={}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and system.therapy.session.stage == "idle"
+    assert c.post("/api/command/pause", json={}, headers={"Origin": "http://testserver"}).status_code == 200
     (tmp_path.parent / "secret.png").write_bytes(b"\x89PNG secret")
     for path in ("..%2Fsecret.png", "..", "session_20260101_000000", "%2Fetc%2Fpasswd"):
         r = c.get(f"/api/sessions/{path}/timeline.png")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Literal, Optional, Protocol
 
 from fastapi import FastAPI, HTTPException, Request
@@ -90,6 +91,14 @@ def create_app(backend: Backend, token: str = "", frame_interval: float = 0.33) 
             length = request.headers.get("content-length")
             if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
                 return JSONResponse({"detail": f"request body missing or over {MAX_BODY_BYTES} bytes"}, 413)
+            # Another web site open in the tablet's browser must not drive the session: a
+            # cross-site page cannot send a JSON body without a CORS preflight, which this app
+            # never grants, and the browser names it in Origin.
+            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+                return JSONResponse({"detail": "send the body as application/json"}, 415)
+            origin = request.headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+                return JSONResponse({"detail": f"cross-site request from {origin[:100]} refused"}, 403)
         if token:
             given = (request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
                      or request.cookies.get(TOKEN_COOKIE) or "")
