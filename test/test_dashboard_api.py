@@ -62,7 +62,7 @@ class System:
             self.ex.add_node(n)
         self.thread = threading.Thread(target=self.ex.spin, daemon=True)
         self.thread.start()
-        self.client = TestClient(self.dash.app)
+        self.client = TestClient(self.dash.app, base_url="http://127.0.0.1:8080")
 
     def step(self, seconds: float, expression: str = "neutral") -> None:
         """Let session time pass with the child's face in view."""
@@ -169,7 +169,10 @@ def test_api_rejects_bad_input_and_paths(system, tmp_path):
     assert c.post("/api/command/stop", content=b"").status_code == 415
     r = c.post("/api/command/start", json={}, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and system.therapy.session.stage == "idle"
-    assert c.post("/api/command/pause", json={}, headers={"Origin": "http://testserver"}).status_code == 200
+    assert c.post("/api/command/pause", json={}, headers={"Origin": "http://127.0.0.1:8080"}).status_code == 200
+    # without a token only local host names are served (DNS rebinding)
+    assert c.get("/api/state", headers={"Host": "rebind.example:8080"}).status_code == 421
+    assert c.get("/api/state", headers={"Host": "localhost:8080"}).status_code == 200
     (tmp_path.parent / "secret.png").write_bytes(b"\x89PNG secret")
     for path in ("..%2Fsecret.png", "..", "session_20260101_000000", "%2Fetc%2Fpasswd"):
         r = c.get(f"/api/sessions/{path}/timeline.png")

@@ -99,6 +99,10 @@ def create_app(backend: Backend, token: str = "", frame_interval: float = 0.33) 
             origin = request.headers.get("origin")
             if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
                 return JSONResponse({"detail": f"cross-site request from {origin[:100]} refused"}, 403)
+        if not token and urlsplit("//" + request.headers.get("host", "")).hostname not in LOCAL_HOSTS:
+            # served on 127.0.0.1 without a token: a site whose name resolves to 127.0.0.1
+            # (DNS rebinding) would otherwise count as this page's own origin
+            return JSONResponse({"detail": "use http://127.0.0.1:<port>/ (or localhost)"}, 421)
         if token:
             given = (request.query_params.get("token") or request.headers.get(TOKEN_HEADER)
                      or request.cookies.get(TOKEN_COOKIE) or "")
