@@ -140,6 +140,7 @@ def test_page_starts_a_session_and_scores_an_answer(served, browser):
     assert text("target") == "happy"
     cards = browser.find_elements(By.CSS_SELECTOR, ".card")
     assert [c.text.lower() for c in cards] == ["happy", "sad"]
+    assert not browser.find_element(By.ID, "answer-mode").is_displayed()  # card mode: no imitation hint
     browser.find_element(By.CSS_SELECTOR, '.card[data-emotion="happy"]').click()
     wait.until(lambda d: text("score") == "1/1")
     assert "right" in text("feedback")

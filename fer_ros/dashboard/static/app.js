@@ -49,6 +49,7 @@ function buildForm() {
   $("teaching-trials").value = s.teaching_trials_per_emotion ?? 1;
   $("practice-trials").value = s.practice_trials_per_emotion ?? 2;
   sessionEmotions = s.emotions || [];
+  $("answer-mode").hidden = s.practice_answer_mode !== "imitation";
   buildCards();
   if (s.error) feedback(false, "therapy node settings: " + s.error);
 }
