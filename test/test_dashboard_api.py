@@ -258,6 +258,8 @@ def test_other_interfaces_need_the_printed_token(tmp_path):
         node = DashboardNode(context=ctx, parameter_overrides=[
             Parameter("host", value="0.0.0.0"), Parameter("port", value=0), Parameter("log_dir", value=str(tmp_path))])
         assert len(node.token) >= 16
+        with pytest.raises(ValueError, match="token must be"):
+            DashboardNode(context=ctx, serve=False, parameter_overrides=[Parameter("token", value="short")])
         base = f"http://127.0.0.1:{node.port}"
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/api/sessions", timeout=5)

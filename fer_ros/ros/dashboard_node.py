@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as _dt
+import re
 import secrets
 import sys
 import threading
@@ -45,14 +46,14 @@ PARAMS = [
           "The therapy node's session log folder, listed as the history.", read_only=True),
     Param("therapy_node", "therapy_node", "Name of the therapy node whose parameters the start form sets.",
           read_only=True),
-    Param("frame_rate", 3.0, "Live images per second sent to a watching browser.", range=(0.2, 15.0)),
-    Param("frame_width", 640, "Width the live image is scaled down to (0: as published).", range=(0, 4096)),
-    Param("jpeg_quality", 70, "JPEG quality of the live image.", range=(10, 95)),
+    Param("frame_rate", 3.0, "Live images per second sent to a watching browser.", range=(0.2, 15.0), read_only=True),
+    Param("frame_width", 640, "Width the live image is scaled down to (0: as published).", range=(0, 4096), read_only=True),
+    Param("jpeg_quality", 70, "JPEG quality of the live image.", range=(10, 95), read_only=True),
     Param("watch_timeout", 3.0, "Seconds after a browser's last image request at which the annotated image "
-                                "subscription is dropped.", range=(0.5, 60.0)),
-    Param("service_timeout", 3.0, "Seconds to wait for the therapy node's services.", range=(0.1, 60.0)),
+                                "subscription is dropped.", range=(0.5, 60.0), read_only=True),
+    Param("service_timeout", 3.0, "Seconds to wait for the therapy node's services.", range=(0.1, 60.0), read_only=True),
     Param("answer_wait", 1.0, "Seconds to wait for the therapy node to score a card answer before reporting "
-                              "that it was not scored.", range=(0.0, 10.0)),
+                              "that it was not scored.", range=(0.0, 10.0), read_only=True),
 ]
 
 LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -91,6 +92,8 @@ class DashboardNode(Node):
         self._image_sub = None
         self.server = self._thread = None
         host = self.p["host"]
+        if self.p["token"] and not re.fullmatch(r"[A-Za-z0-9_\-]{12,200}", self.p["token"]):
+            raise ValueError("token must be 12-200 characters of A-Z, a-z, 0-9, '_' and '-'")
         self.token = self.p["token"] or ("" if is_local(host) else secrets.token_urlsafe(16))
 
         self.create_subscription(TherapyState, "therapy/state", self._on_state, LATCHED)
