@@ -68,6 +68,10 @@ class HaarDetector:
             640 px (bench/bench_pipeline.py) and has fewer false alarms on fine texture.
         equalize: histogram-equalise before detecting (helps in dim, low-contrast rooms).
         cascade: path of another cascade XML.
+        profile: also run OpenCV's profile-face cascade, on the frame and on its mirror image
+            (the cascade only knows faces turned one way), and merge the boxes. It finds some
+            half-turned faces the frontal cascade misses but triples the cost of a full scan;
+            `detect_near(..., profile=True)` uses it only around a face that was just lost.
 
     Score: neighbours / (neighbours + min_neighbors), in (0, 1); 0.5 is a just-accepted face.
     """
@@ -76,7 +80,7 @@ class HaarDetector:
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30,
                  max_size: int | None = None, downscale_width: int | None = 320,
-                 equalize: bool = False, cascade: str | os.PathLike | None = None):
+                 equalize: bool = False, cascade: str | os.PathLike | None = None, profile: bool = False):
         if scale_factor <= 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
         if min_neighbors < 0:
@@ -92,8 +96,15 @@ class HaarDetector:
         if not ok:
             raise ValueError(f"could not load the Haar cascade {path} (not a cascade XML?)")
         self.cascade_path = str(path)
+        # The profile cascade ships with opencv-python; loaded always so that detect_near can
+        # fall back on it around a lost face even when profile=False.
+        self.profile_cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_profileface.xml"))
+        if self.profile_cascade.empty():
+            self.profile_cascade = None
+        self.profile = bool(profile) and self.profile_cascade is not None
         self._params = dict(scale_factor=scale_factor, min_neighbors=min_neighbors, min_size=min_size,
-                            max_size=max_size, downscale_width=downscale_width, equalize=equalize, cascade=cascade)
+                            max_size=max_size, downscale_width=downscale_width, equalize=equalize, cascade=cascade,
+                            profile=profile)
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.min_size = int(min_size)
@@ -116,24 +127,46 @@ class HaarDetector:
         max_side = int(round(self.max_size / f)) if self.max_size else 0
         if min(small.shape[:2]) < min_side:
             return EMPTY.copy()
-        boxes, neighbours = self.cascade.detectMultiScale2(
-            small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(min_side, min_side), maxSize=(max_side, max_side) if max_side else (0, 0))
+        boxes, neighbours = self._scan(small, self.min_neighbors, (min_side, min_side),
+                                       (max_side, max_side) if max_side else (0, 0), self.profile)
         if len(boxes) == 0:
             return EMPTY.copy()
-        return self._rows(boxes, neighbours, f, 0, 0)
+        out = self._rows(boxes, neighbours, f, 0, 0)
+        return nms(out, 0.3) if self.profile else out
 
-    def _rows(self, boxes, neighbours, f: float, x0: int, y0: int) -> np.ndarray:
+    def _scan(self, gray: np.ndarray, min_neighbors: int, min_side, max_side, profile: bool):
+        """Frontal cascade, plus the profile cascade on the image and its mirror when `profile`:
+        (boxes [N, 4], neighbours [N]) in the pixels of `gray`."""
+        boxes, neighbours = self.cascade.detectMultiScale2(
+            gray, scaleFactor=self.scale_factor, minNeighbors=min_neighbors, minSize=min_side, maxSize=max_side)
+        if not profile or self.profile_cascade is None:
+            return boxes, neighbours
+        all_boxes = [np.asarray(boxes, np.float32).reshape(-1, 4)]
+        all_n = [np.asarray(neighbours, np.float32).reshape(-1)]
+        width = gray.shape[1]
+        for mirrored in (False, True):
+            img = cv2.flip(gray, 1) if mirrored else gray
+            b, n = self.profile_cascade.detectMultiScale2(
+                img, scaleFactor=self.scale_factor, minNeighbors=min_neighbors, minSize=min_side, maxSize=max_side)
+            b = np.asarray(b, np.float32).reshape(-1, 4)
+            if mirrored and len(b):
+                b[:, 0] = width - b[:, 0] - b[:, 2]
+            all_boxes.append(b)
+            all_n.append(np.asarray(n, np.float32).reshape(-1))
+        return np.concatenate(all_boxes), np.concatenate(all_n)
+
+    def _rows(self, boxes, neighbours, f: float, x0: int, y0: int, min_neighbors: int | None = None) -> np.ndarray:
         out = np.empty((len(boxes), 5), np.float32)
         out[:, :4] = np.asarray(boxes, np.float32) * f
         out[:, 0] += x0
         out[:, 1] += y0
         n = np.asarray(neighbours, np.float32).reshape(-1)
-        out[:, 4] = n / (n + max(self.min_neighbors, 1))
+        out[:, 4] = n / (n + max(self.min_neighbors if min_neighbors is None else min_neighbors, 1))
         return out
 
     def detect_near(self, frame, boxes, grow: float = 0.35, face_px: int = 32,
-                    size_range: float = 1.25) -> np.ndarray:
+                    size_range: float = 1.25, min_neighbors: int | None = None,
+                    profile: bool | None = None) -> np.ndarray:
         """Re-detect faces only around known boxes [K, >=4] (the faces of the previous frame).
 
         Each box is widened by `grow` of its size per side and shrunk so the face is about
@@ -141,7 +174,13 @@ class HaarDetector:
         its size. That is a few hundred windows instead of the whole frame's pyramid (about a
         tenth of a full scan for 4 faces, measured), which is what lets the pipeline run Haar
         in real time between full scans. Faces move little between two frames at 15-30 fps.
+
+        min_neighbors, profile: override the detector's own (None: keep them), e.g. a lower
+        threshold and the profile cascade to find a face again that just turned or was covered:
+        a false alarm is unlikely in so small a window right where a face was a frame ago.
         """
+        mn = self.min_neighbors if min_neighbors is None else int(min_neighbors)
+        use_profile = self.profile if profile is None else bool(profile)
         gray = to_gray(_check_frame(frame))
         height, width = gray.shape
         found = []
@@ -162,10 +201,9 @@ class HaarDetector:
             max_side = int(np.ceil(side * f * size_range))
             if min(roi.shape) < min_side or max_side < min_side:
                 continue
-            r, n = self.cascade.detectMultiScale2(roi, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                                  minSize=(min_side, min_side), maxSize=(max_side, max_side))
+            r, n = self._scan(roi, mn, (min_side, min_side), (max_side, max_side), use_profile)
             if len(r):
-                found.append(self._rows(r, n, 1.0 / f, x0, y0))
+                found.append(self._rows(r, n, 1.0 / f, x0, y0, mn))
         if not found:
             return EMPTY.copy()
         out = nms(np.concatenate(found), 0.3)

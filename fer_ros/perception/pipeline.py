@@ -11,6 +11,7 @@ ROS-free: the expression node wraps it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -73,21 +74,39 @@ class ExpressionPipeline:
     detect_interval: scan the whole frame every N frames; in between, re-detect faces only
         around the previous frame's faces (detectors with `detect_near`, i.e. Haar), which
         is ~20x cheaper. A face that is lost between scans triggers a full scan on the next
-        frame; a new face appears at most N-1 frames late. 1 = full scan on every frame.
+        frame. While no face is known the whole frame is scanned every EMPTY_SCAN_INTERVAL
+        frames (at most), so a child who walks in is found a frame late at most; a second face
+        joining a known one appears at most N-1 frames late. 1 = full scan on every frame.
     async_scan: run those periodic full scans in a background thread (on a clone of the
         detector) instead of inside `process`, so no frame pays for a whole scan: known faces
         are followed every frame, new ones join when their scan finishes (a frame or two
         later). Results then depend on timing, so it is off by default (reproducible runs).
+    hold_frames: bridge short detection gaps (0 = off, else >= 1 frames). A face seen in at
+        least HOLD_MIN_SEEN frames in a row that the detector misses (turned away, a hand over
+        the mouth, motion blur) is first searched for again around its last box at a lower
+        threshold and with the profile cascade (detectors whose `detect_near` takes them);
+        if that fails too, its last box is kept for up to this many frames, so its track and
+        id go on and the therapy node does not see the face as lost. A real departure shows
+        up hold_frames frames late.
     """
 
     #: Between frames further apart than this (s), faces may have moved anywhere: full scan.
     MAX_GAP_S = 0.5
+    #: Full-scan interval while no face is known: nothing else costs time then, and the first
+    #: frames of a child coming into view are the ones a session must not miss.
+    EMPTY_SCAN_INTERVAL = 2
+    #: Only faces found in this many consecutive frames are held through a miss, so a one-frame
+    #: false alarm is not stretched into several.
+    HOLD_MIN_SEEN = 3
+    #: min_neighbors of the re-detection around a just-lost face (the full scan uses 5).
+    RESCUE_NEIGHBORS = 2
 
     def __init__(self, detector="default", classifier: ExpressionClassifier | None = None,
                  tracking: bool = True, smoothing: float = 0.6, framing: Framing | None = None,
                  max_faces: int | None = 20, min_face_size: int = 30, iou_threshold: float = 0.3,
                  max_age_s: float = 1.0, max_age_frames: int = 30, detector_params: dict | None = None,
-                 model_path=None, backend: str = "auto", detect_interval: int = 5, async_scan: bool = False):
+                 model_path=None, backend: str = "auto", detect_interval: int = 5, async_scan: bool = False,
+                 hold_frames: int = 8):
         if max_faces is not None and max_faces < 1:
             raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
         if min_face_size < 1:
@@ -107,9 +126,22 @@ class ExpressionPipeline:
         if detect_interval < 1:
             raise ValueError(f"detect_interval must be >= 1, got {detect_interval}")
         self.detect_interval = int(detect_interval)
+        if hold_frames < 0:
+            raise ValueError(f"hold_frames must be >= 0, got {hold_frames}")
+        self.hold_frames = int(hold_frames)
+        # A second, looser re-detection only helps when detect_near takes those options (Haar).
+        near = getattr(detector, "detect_near", None)
+        try:
+            self._can_rescue = near is not None and {"min_neighbors", "profile"} <= set(inspect.signature(near).parameters)
+        except (TypeError, ValueError):
+            self._can_rescue = False
+        # Per row of _last_boxes: frames found in a row, and frames held since last found.
+        self._seen = np.zeros(0, np.int64)
+        self._missed = np.zeros(0, np.int64)
         self._since_scan: int | None = None  # frames since the last full scan (None: scan now)
         self._last_boxes = np.zeros((0, 5), np.float32)
         self._last_shape = None
+        self._prev_shape = None
         self._last_stamp: float | None = None
         # Background scans: a clone of the detector (its own cascade) and one pending future.
         self.async_scan = bool(async_scan) and callable(getattr(detector, "clone", None))
@@ -132,6 +164,7 @@ class ExpressionPipeline:
             self.tracker.reset(restart_ids)
         self._since_scan = None
         self._last_boxes = np.zeros((0, 5), np.float32)
+        self._seen, self._missed = np.zeros(0, np.int64), np.zeros(0, np.int64)
         self._pending = None  # a scan of the old scene still running is ignored
 
     def close(self) -> None:
@@ -165,14 +198,17 @@ class ExpressionPipeline:
     def detect(self, frame, stamp: float | None = None) -> np.ndarray:
         """Full scan every `detect_interval` frames (or after a face was lost, a change of frame
         size, or a gap of more than MAX_GAP_S between stamps), else re-detect near the previous
-        faces. Returns the selected boxes [K, 5]."""
+        faces; then bridge short misses (`hold_frames`). Returns the selected boxes [K, 5]."""
         near = getattr(self.detector, "detect_near", None)
         shape = np.shape(frame)[:2]
         gap = (stamp is not None and self._last_stamp is not None
                and not 0.0 <= stamp - self._last_stamp <= self.MAX_GAP_S)
         scan = (near is None or self.detect_interval == 1 or self._since_scan is None
-                or self._since_scan + 1 >= self.detect_interval or shape != self._last_shape or gap)
+                or self._since_scan + 1 >= (self.detect_interval if len(self._last_boxes)
+                                            else min(self.detect_interval, self.EMPTY_SCAN_INTERVAL))
+                or shape != self._last_shape or gap)
         background = scan and self.async_scan and shape == self._last_shape and not gap
+        self._prev_shape = self._last_shape
         self._last_shape, self._last_stamp = shape, stamp
         if scan and not background:
             self._pending = None
@@ -191,7 +227,53 @@ class ExpressionPipeline:
                 self._since_scan = None  # someone was lost (moved fast, turned, left): scan next frame
             if self.async_scan:
                 boxes = self._collect_scan(boxes)
+        boxes = self._bridge(frame, boxes, fresh=gap or shape != self._prev_shape)
         self._last_boxes = boxes
+        return boxes
+
+    def _bridge(self, frame, boxes: np.ndarray, fresh: bool) -> np.ndarray:
+        """Keep faces of the previous frame that this frame's detection missed (see hold_frames):
+        re-detect them nearby at a lower threshold, else hold their last box."""
+        last, k = self._last_boxes, len(boxes)
+        seen, missed = np.ones(k, np.int64), np.zeros(k, np.int64)
+        if fresh or self.hold_frames == 0 or len(last) == 0 or len(self._seen) != len(last):
+            self._seen, self._missed = seen, missed
+            return boxes
+        iou = iou_matrix(last, boxes) if k else np.zeros((len(last), 0))
+        if k:
+            best = iou.argmax(axis=0)
+            cont = iou[best, np.arange(k)] >= 0.2
+            seen[cont] = self._seen[best[cont]] + 1
+        lost = [i for i in range(len(last)) if (not k or iou[i].max() < 0.2)
+                and self._seen[i] >= self.HOLD_MIN_SEEN and self._missed[i] < self.hold_frames]
+        if not lost:
+            self._seen, self._missed = seen, missed
+            return boxes
+        rescued = np.zeros((0, 5), np.float32)
+        if self._can_rescue:
+            rescued = self.detector.detect_near(frame, last[lost], min_neighbors=self.RESCUE_NEIGHBORS, profile=True)
+            rescued = self.select(np.asarray(rescued, np.float32).reshape(-1, 5))
+        add, add_seen, add_missed = [], [], []
+        for i in lost:
+            row = last[i].copy()
+            if len(rescued):
+                overlap = iou_matrix(last[i:i + 1], rescued)[0]
+                if overlap.max() >= 0.2:
+                    row = rescued[int(overlap.argmax())]
+            if k and iou_matrix(row[None], boxes).max() >= 0.3:
+                continue  # already there under another box
+            # A rescue does not reset `missed`: only a detection at the full threshold does, so a
+            # weak match on background where a face was cannot keep a box alive for ever.
+            add.append(row)
+            add_seen.append(self._seen[i])
+            add_missed.append(self._missed[i] + 1)
+        if add:
+            boxes = np.concatenate([boxes, np.asarray(add, np.float32)])
+            seen = np.concatenate([seen, add_seen])
+            missed = np.concatenate([missed, add_missed])
+            order = np.argsort(boxes[:, 0], kind="stable")  # left to right, as select returns them
+            boxes, seen, missed = boxes[order], seen[order], missed[order]
+        self._seen, self._missed = seen, missed
         return boxes
 
     def select(self, boxes: np.ndarray) -> np.ndarray:
