@@ -85,3 +85,22 @@ def test_center_loss_sum_is_batch_times_mean():
     assert total(x, y).item() == pytest.approx(8 * mean(x, y).item(), rel=1e-6)
     with pytest.raises(ValueError):
         CenterLoss(3, 4, "max")
+
+
+def test_six_class_checkpoint_keeps_its_labels_as_an_initialisation(faces, tmp_path):
+    """A stage-2 (6-class) checkpoint records its own classes, so a model initialised from it
+    gets each classifier row by name (issue 13: it used to record the 7 FER-2013 labels)."""
+    from training.data import CK6
+    from training.model import load_checkpoint
+    from training.train import make_model
+
+    six = faces.relabel(CK6)
+    out = tmp_path / "six"
+    train_model(six, None, _cfg(tmp_path, epochs=1), out=out, quiet=True)
+    model, ck = load_checkpoint(out / "final.pt", with_extra=True)
+    assert ck["labels"] == list(CK6)
+    target = ("happy", "angry", "sad")  # another order, fewer classes
+    init = make_model(_cfg(tmp_path, init=str(out / "final.pt")), target)
+    for i, c in enumerate(target):
+        j = CK6.index(c)
+        assert torch.equal(init.classifier.weight[i], model.classifier.weight[j])
