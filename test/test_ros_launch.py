@@ -149,19 +149,21 @@ def test_launch_file_and_local_launcher_agree(monkeypatch, tmp_path, overrides):
 
 
 def test_lifecycle_node_is_configured_then_activated_and_hri_is_optional(monkeypatch, tmp_path):
-    """expression_node is a LifecycleNode that the launch file configures, and activates once a
-    configure completes (not after a later deactivate); hri:=true adds the REP-155 bridge in both."""
+    """camera_node and expression_node are LifecycleNodes that the launch file configures, and
+    activates once a configure completes (not after a later deactivate); hri:=true adds the
+    REP-155 bridge in both."""
     description, config = load_launch_description(monkeypatch, tmp_path)
     actions = description.args[0]
     lifecycle = [a for a in actions if a.kind == "node" and a.kwargs.get("lifecycle")]
-    assert [a.kwargs["name"] for a in lifecycle] == ["expression_node"]
+    assert [a.kwargs["name"] for a in lifecycle] == ["camera_node", "expression_node"]
     emitted = [a.kwargs["event"] for a in actions if a.kind == "emit"]
-    assert [e.kwargs["transition_id"] for e in emitted] == [1]  # Transition.TRANSITION_CONFIGURE
-    assert emitted[0].kwargs["lifecycle_node_matcher"].args[0] is lifecycle[0]
-    (handler,) = [a.args[0] for a in actions if a.kind == "handler"]
-    assert handler.kwargs["target_lifecycle_node"] is lifecycle[0]
-    assert (handler.kwargs["start_state"], handler.kwargs["goal_state"]) == ("configuring", "inactive")
-    assert [e.kwargs["event"].kwargs["transition_id"] for e in handler.kwargs["entities"]] == [3]  # ACTIVATE
+    assert [e.kwargs["transition_id"] for e in emitted] == [1, 1]  # Transition.TRANSITION_CONFIGURE
+    handlers = [a.args[0] for a in actions if a.kind == "handler"]
+    for node, event, handler in zip(lifecycle, emitted, handlers, strict=True):
+        assert event.kwargs["lifecycle_node_matcher"].args[0] is node
+        assert handler.kwargs["target_lifecycle_node"] is node
+        assert (handler.kwargs["start_state"], handler.kwargs["goal_state"]) == ("configuring", "inactive")
+        assert [e.kwargs["event"].kwargs["transition_id"] for e in handler.kwargs["entities"]] == [3]  # ACTIVATE
     for hri, expected in (("false", False), ("true", True)):
         _, from_launch_file = launch_file_plan(description, {"hri": hri})
         from_launcher = launcher_plan(config, {"hri": hri})

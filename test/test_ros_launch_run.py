@@ -124,16 +124,19 @@ def launched(tmp_path_factory):
         run.stop()
 
 
-def collect(node, msg_type, topic, seconds):
-    """Messages on `topic` during `seconds` (after discovery)."""
+def collect(node, msg_type, topic, seconds, until=None):
+    """Messages on `topic` during `seconds` after discovery, or fewer when `until(messages)` is
+    true earlier (the machine may be loaded: wait for what is asked, not for a fixed time)."""
     got = []
     sub = node.create_subscription(msg_type, topic, got.append, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     deadline = time.monotonic() + 30
     while node.count_publishers(topic) == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.0)  # let the first frames (model warm-up) pass
+    time.sleep(1.0)  # let the first frames (model warm-up) and messages already on the way pass
     got.clear()
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and until(got)):
+        time.sleep(0.05)
     node.destroy_subscription(sub)
     return list(got)
 
@@ -152,31 +155,33 @@ def test_show_args_lists_every_argument_with_its_description():
 @need_ros2_launch
 def test_ros2_launch_starts_the_nodes_with_arguments_remaps_and_an_active_expression_node(ros, launched):
     launched.wait_for(r"\[expression_node[^\]]*\].*active: expressions from")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         names = set(ros.get_node_names())
         if {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names:
             break
         time.sleep(0.5)
     assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, names
-    results = collect(ros, FaceExpressionArray, EXPRESSIONS, 3.0)  # the remap applied
-    assert len(results) >= 30, f"{len(results)} results in 3 s"
+    results = collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 20)  # remapped
+    assert len(results) >= 20, f"{len(results)} results in 30 s"
     assert sum(len(r.faces) == 1 for r in results) >= 0.8 * len(results)  # the demo's one face
     assert ros.count_publishers("/faces/expressions") == 0
     from diagnostic_msgs.msg import DiagnosticArray
 
-    diags = [s for m in collect(ros, DiagnosticArray, "/diagnostics", 2.5) for s in m.status
-             if s.name.startswith("expression_node")]
+    def expression_status(messages):
+        return [s for m in messages for s in m.status if s.name.startswith("expression_node")]
+
+    diags = expression_status(collect(ros, DiagnosticArray, "/diagnostics", 20.0, until=expression_status))
     values = {kv.key: kv.value for kv in diags[-1].values}
     assert values["backend"] == "onnxruntime" and values["lifecycle_state"] == "active"  # argument applied
 
     from hri_msgs.msg import Expression, IdsList
 
-    tracked = collect(ros, IdsList, "/humans/faces/tracked", 2.0)
+    tracked = collect(ros, IdsList, "/humans/faces/tracked", 20.0, until=lambda m: len(m) >= 5 and m[-1].ids)
     ids = {i for m in tracked for i in m.ids}
     assert tracked and ids and all(re.fullmatch(r"f[1-9][0-9]*", i) for i in ids), ids
-    face = tracked[-1].ids[0]
-    expressions = collect(ros, Expression, f"/humans/faces/{face}/expression", 2.0)
+    face = next(m.ids[0] for m in reversed(tracked) if m.ids)
+    expressions = collect(ros, Expression, f"/humans/faces/{face}/expression", 20.0, until=len)
     assert expressions and expressions[-1].expression in {
         "angry", "disgusted", "scared", "happy", "sad", "surprised", "neutral"}
     assert 0.0 < expressions[-1].confidence <= 1.0 and -1 <= expressions[-1].valence <= 1
@@ -217,7 +222,7 @@ def test_ros2_lifecycle_set_deactivates_the_expression_node(ros, launched):
     lifecycle_set("deactivate", "inactive")
     assert collect(ros, FaceExpressionArray, EXPRESSIONS, 2.0) == []
     lifecycle_set("activate", "active")
-    assert len(collect(ros, FaceExpressionArray, EXPRESSIONS, 2.0)) >= 10
+    assert len(collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 10)) >= 10
 
 
 @need_ros2_launch

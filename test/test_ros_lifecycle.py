@@ -193,3 +193,36 @@ def test_camera_node_downscales_4k_frames_to_max_width(ros, tmp_path, max_width,
         assert frame[:, 0].mean() < 20 and frame[:, -1].mean() > 235  # the same picture, scaled
     finally:
         node.destroy_node()
+
+
+def test_camera_node_releases_its_source_on_deactivate(ros, tmp_path):
+    """camera_node as a lifecycle node: nothing opened until configured; deactivate stops
+    publishing and releases the capture (a webcam is then free for other programs)."""
+    import cv2
+
+    from fer_ros.ros.camera_node import CameraNode
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
+    for i in range(10):
+        writer.write(np.full((48, 64, 3), 20 * i, dtype=np.uint8))
+    writer.release()
+    context, _ = ros
+    node = CameraNode(parameter_overrides=[rclpy.parameter.Parameter("source", value=str(video)),
+                                           rclpy.parameter.Parameter("autostart", value=False)], context=context)
+    try:
+        assert node.lifecycle_state == "unconfigured" and node.cap is None and node.pub is None
+        assert {kv.key: kv.value for kv in node.diagnostics().values}["lifecycle_state"] == "unconfigured"
+        node.trigger_configure()
+        node.trigger_activate()
+        assert node.lifecycle_state == "active" and node.timer is not None
+        cap = node.cap
+        assert cap.isOpened() and node.read_frame().shape == (48, 64, 3)
+        node.trigger_deactivate()
+        assert node.lifecycle_state == "inactive" and node.cap is None and node.timer is None
+        assert not cap.isOpened()  # released
+        assert node.diagnostics().message.startswith("inactive")
+        node.trigger_activate()  # reopened
+        assert node.cap.isOpened() and node.read_frame().shape == (48, 64, 3)
+    finally:
+        node.destroy_node()

@@ -19,7 +19,7 @@ from collections import deque
 import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from .image import bgr_to_image_msg
 from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
@@ -47,6 +47,8 @@ PARAMS = [
     Param("exit_at_end", False, "Shut the node down when a non-looping file or folder has been played."),
     Param("reconnect_interval", 2.0, "Seconds between attempts to reopen a lost or missing camera.",
           range=(0.1, 3600.0)),
+    Param("autostart", True, "Configure and activate the lifecycle node at start; false: wait for "
+          "lifecycle transitions (`ros2 launch` sends them, or `ros2 lifecycle set`).", read_only=True),
     Param("demo_faces", 1, "Number of faces in the demo frames (1-3).", range=(1, 3), read_only=True),
     *qos_params("qos", "best_effort", 5, "the published images (sensor-data QoS by default)"),
 ]
@@ -134,29 +136,84 @@ def parse_source(source: str):
                      f"an existing video file or an image folder")
 
 
-class CameraNode(Node):
+class CameraNode(LifecycleNode):
+    """A lifecycle node: configure checks the source and creates the publisher, activate opens
+    the device and publishes, deactivate stops and releases the device (another program may then
+    use the webcam), cleanup removes the publisher. With `autostart` (default) it configures and
+    activates itself at start."""
+
     def __init__(self, **kwargs):
         super().__init__("camera_node", **kwargs)
         self.p = declare_params(self, PARAMS)
         self.p["source"] = str(self.p["source"])
-        self.kind, self.target = parse_source(self.p["source"])
-        self.pub = self.create_publisher(_image_type(), "camera/image_raw", qos_from_params(self.p, "qos"))
-        self.cap = None
+        self.kind, self.target = None, None
+        self.pub = self.cap = self.timer = None
         self.frames = 0
         self.finished = False
+        self.rate = 0.0
         self._next_open = 0.0
-        self._open()
+        self._config_error = None
+        self._published = deque(maxlen=120)  # publish times, for the rate in diagnostics
+        publish_diagnostics_every(self, 1.0, self.diagnostics)
+        if self.p["autostart"]:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise self._config_error or RuntimeError("configure failed (see log)")
+            self.trigger_activate()
+
+    @property
+    def lifecycle_state(self) -> str:
+        return self._state_machine.current_state[1]
+
+    # -- lifecycle transitions --------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.kind, self.target = parse_source(self.p["source"])
+            self._open()  # an unreadable video file fails here; a missing webcam is retried
+        except ValueError as exc:
+            self._config_error = exc
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
         rate = self.p["rate"]
         if rate <= 0:
             fps = self.cap.get(cv2.CAP_PROP_FPS) if self.kind == "video" and self.cap is not None else 0
             rate = fps if fps and 0 < fps < 1000 else 30.0
         self.rate = float(rate)
+        self.pub = self.create_lifecycle_publisher(_image_type(), "camera/image_raw", qos_from_params(self.p, "qos"))
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        ret = super().on_activate(state)
+        self.finished = False
+        if self.cap is None:
+            self._open()
         self.timer = self.create_timer(1.0 / self.rate, self._tick)
-        self._published = deque(maxlen=120)  # publish times, for the rate in diagnostics
-        publish_diagnostics_every(self, 1.0, self.diagnostics)
         self.get_logger().info(f"publishing {self.kind} source {self.p['source']!r} on "
                                f"{self.pub.topic_name} at {self.rate:g} fps "
                                f"(qos {self.p['qos.reliability']}, depth {self.p['qos.depth']})")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self.get_logger().info(f"inactive: {self.kind} source released")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        if self.pub is not None:
+            self.destroy_lifecycle_publisher(self.pub)
+            self.pub = None
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.on_cleanup(state)
+
+    def _stop(self):
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
 
     # -- sources -------------------------------------------------------------------------
     def _open(self) -> bool:
@@ -243,7 +300,12 @@ class CameraNode(Node):
         recent = [t for t in self._published if t > time.monotonic() - 5.0]
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         status = DiagnosticStatus(name=f"{self.get_name()}: camera", hardware_id=str(self.p["source"]))
-        if self.cap is None:
+        state = self.lifecycle_state
+        if self._config_error is not None and self.pub is None:
+            status.level, status.message = DiagnosticStatus.ERROR, f"configure failed: {self._config_error}"
+        elif state != "active":
+            status.level, status.message = DiagnosticStatus.OK, f"{state}: not publishing (lifecycle)"
+        elif self.cap is None:
             status.level, status.message = DiagnosticStatus.ERROR, "camera lost or not opened; retrying"
         elif self.finished:
             status.level, status.message = DiagnosticStatus.OK, f"end of {self.kind}"
@@ -251,14 +313,13 @@ class CameraNode(Node):
             status.level, status.message = DiagnosticStatus.WARN, "no frames in the last 5 s"
         else:
             status.level, status.message = DiagnosticStatus.OK, f"{rate:.1f} fps"
-        values = {"source": self.p["source"], "kind": self.kind, "frames_published": self.frames,
+        values = {"lifecycle_state": state, "source": self.p["source"], "kind": self.kind, "frames_published": self.frames,
                   "rate_hz": f"{rate:.2f}", "target_rate_hz": f"{self.rate:g}"}
         status.values = key_values(values)
         return status
 
     def destroy_node(self):
-        if self.cap is not None:
-            self.cap.release()
+        self._stop()
         return super().destroy_node()
 
 

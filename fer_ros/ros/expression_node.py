@@ -266,11 +266,16 @@ class ExpressionNode(LifecycleNode):
             self.destroy_subscription(self.sub)
             self.sub = None
 
-    def _free(self):
-        with self._process_lock:
-            if self.pipeline is not None:
-                self.pipeline.close()  # stops the background scan thread (async_scan)
-                self.pipeline = None
+    def _free(self, timeout: float = -1):
+        # At exit (timeout >= 0) a frame still in the pipeline is not waited for: launch kills a
+        # node that takes more than 5 s to stop after SIGINT.
+        if self._process_lock.acquire(timeout=timeout):
+            try:
+                if self.pipeline is not None:
+                    self.pipeline.close()  # stops the background scan thread (async_scan)
+                    self.pipeline = None
+            finally:
+                self._process_lock.release()
         for pub in (self.pub, self.pub_annotated):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
@@ -399,7 +404,7 @@ class ExpressionNode(LifecycleNode):
 
     def destroy_node(self):
         self._stop_processing()
-        self._free()
+        self._free(timeout=1.0)
         return super().destroy_node()
 
 

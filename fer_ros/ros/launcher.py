@@ -147,6 +147,11 @@ def run(args) -> int:
             except ValueError as exc:
                 print(f"fer-ros launch: --{spec.condition.replace('_', '-')}: {exc}", file=sys.stderr)
                 return 2
+    try:
+        grace = float(values["sigterm_timeout"])
+    except ValueError:
+        print(f"fer-ros launch: --sigterm-timeout: not a number: {values['sigterm_timeout']!r}", file=sys.stderr)
+        return 2
     wanted = set(args.nodes.split(",")) if args.nodes else None
     if wanted and wanted - {s.name for s in node_set.NODES}:
         print(f"fer-ros launch: unknown node(s) {sorted(wanted - {s.name for s in node_set.NODES})}", file=sys.stderr)
@@ -204,12 +209,16 @@ def run(args) -> int:
     for _, proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
+    stop_by = time.monotonic() + grace
     for name, proc in procs:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for sig, wait in ((signal.SIGTERM, stop_by - time.monotonic()), (signal.SIGKILL, 5.0)):
+            try:
+                proc.wait(timeout=max(wait, 0.1))
+                break
+            except subprocess.TimeoutExpired:
+                print(f"fer-ros launch: {name} did not stop in time: sending {sig.name}", file=sys.stderr)
+                os.killpg(proc.pid, sig)
+        proc.wait()
         # A node that did not stop cleanly on SIGINT is a bug worth seeing (and a failed run).
         print(f"fer-ros launch: {name} exited with code {proc.returncode}")
         if proc.returncode != 0:

@@ -29,6 +29,9 @@ LAUNCH_ARGUMENTS = {
     "session_log_dir": ("~/.ros/fer_ros/therapy_sessions", "folder where therapy_node writes session logs"),
     "hri": ("false", "also start hri_bridge: REP-155 (ROS4HRI) /humans/faces/tracked and "
                      "/humans/faces/<id>/expression (needs hri_msgs)"),
+    # launch_ros reads this one itself (ExecuteProcess); `fer-ros launch` waits as long.
+    "sigterm_timeout": ("15", "seconds each node may take to stop after Ctrl-C (therapy_node writes its "
+                              "session report) before it is sent SIGTERM"),
     "dashboard": ("true", "serve the therapist's web dashboard (dashboard_node; its URL is printed at start)"),
 }
 
@@ -47,7 +50,7 @@ class NodeSpec:
 NODES = (
     NodeSpec("camera_node", "camera_node", "fer_ros.ros.camera_node",
              arguments=(("source", "source"),),
-             remappings=(("camera/image_raw", "image_topic"),)),
+             remappings=(("camera/image_raw", "image_topic"),), lifecycle=True),
     NodeSpec("expression_node", "expression_node", "fer_ros.ros.expression_node",
              arguments=(("backend", "backend"), ("model_path", "model")),
              remappings=(("camera/image_raw", "image_topic"), ("faces/expressions", "expressions_topic"),
