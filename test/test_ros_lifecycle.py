@@ -226,3 +226,43 @@ def test_camera_node_releases_its_source_on_deactivate(ros, tmp_path):
         assert node.cap.isOpened() and node.read_frame().shape == (48, 64, 3)
     finally:
         node.destroy_node()
+
+
+@pytest.mark.slow
+def test_4k_frames_across_processes_are_lost_unless_the_camera_downscales(ros, tmp_path):
+    """Issue 14: over best-effort QoS most 4K images never arrive; expression_node's diagnostics
+    count what DDS reports lost, and camera_node's default max_width gets the frames through."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from fer_ros.ros.expression_node import ExpressionNode
+
+    ramp = np.linspace(0, 255, 3840, dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "4k.jpg"), np.dstack([np.tile(ramp, (2160, 1))] * 3))
+    context, executor = ros
+    node = ExpressionNode(params={"detector": "whole", "backend": "onnxruntime", "flip_average": False,
+                                  "image_topic": "/big/image"}, node_name="big_frames_node", context=context)
+    executor.add_node(node)
+    received = {}
+    try:
+        for max_width in (0, 1920):
+            before = node.stats["received"]
+            camera = subprocess.Popen(
+                [sys.executable, "-m", "fer_ros.ros.camera_node", "--ros-args", "-p", f"source:={tmp_path}",
+                 "-p", "rate:=10.0", "-p", f"max_width:={max_width}", "-r", "camera/image_raw:=/big/image"],
+                env=dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(12)
+            camera.send_signal(2)
+            camera.wait(30)
+            received[max_width] = node.stats["received"] - before
+        values = {kv.key: kv.value for kv in node.diagnostics().values}
+        print(f"4K at 10 fps for 12 s: received {received[0]} full size, {received[1920]} at 1920 px; "
+              f"DDS reported {values['frames_lost_in_transport']} lost")
+        assert received[1920] >= 40 and received[0] < received[1920] / 4, received
+        assert int(values["frames_lost_in_transport"]) > 0
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
