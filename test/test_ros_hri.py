@@ -106,3 +106,12 @@ def test_bridge_publishes_tracked_ids_and_per_face_expressions_and_drops_faces_t
         executor.remove_node(client)
         bridge.destroy_node()
         client.destroy_node()
+
+
+@pytest.mark.parametrize("prefix", ["", "1", "f/", "face id"])
+def test_an_id_prefix_that_makes_invalid_topic_names_is_refused_at_start(ros, prefix):
+    from fer_ros.ros.hri_bridge import HriBridge
+
+    context, _ = ros
+    with pytest.raises(ValueError, match="id_prefix"):
+        HriBridge(context=context, parameter_overrides=[rclpy.parameter.Parameter("id_prefix", value=prefix)])

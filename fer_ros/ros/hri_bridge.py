@@ -16,6 +16,7 @@ Needs hri_msgs (on a ROS install `ros-<distro>-hri-msgs`; here `make build` with
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -65,6 +66,9 @@ class HriBridge(Node):
 
         self.Expression, self.IdsList = Expression, IdsList
         self.p = declare_params(self, PARAMS)
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.p["id_prefix"]):
+            raise ValueError(f"id_prefix {self.p['id_prefix']!r}: use a letter, then letters, digits or _ "
+                             "(ids become topic names /humans/faces/<id>/...)")
         self.qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_tracked = self.create_publisher(IdsList, "/humans/faces/tracked", self.qos)
         self.faces = {}  # REP-155 id -> its expression publisher
