@@ -135,3 +135,26 @@ def test_detect_near_follows_a_moving_face(default):
     assert np.median(moved[:, 0]) > np.median(full[:, 0]) + 6
     # near boxes on empty background: nothing
     assert len(default.detect_near(np.full_like(img, 90), full)) == 0
+
+
+def test_profile_cascade_and_a_looser_search_near_a_tilted_face(default):
+    """A face tilted by 20 degrees: the full scan still finds it, the near search at the normal
+    threshold loses it (what happened between scans), the looser one (the pipeline's rescue)
+    finds it again in place; `profile` boxes from the mirror image map back onto the frame."""
+    img = read("single_face.jpg")
+    box = default.detect(img)
+    assert len(box) == 1
+    cx, cy = box[0, 0] + box[0, 2] / 2, box[0, 1] + box[0, 3] / 2
+    rot = cv2.warpAffine(img, cv2.getRotationMatrix2D((float(cx), float(cy)), 20, 1.0), img.shape[1::-1],
+                         borderMode=cv2.BORDER_REPLICATE)
+    assert len(default.detect_near(rot, box)) == 0
+    again = default.detect_near(rot, box, min_neighbors=2, profile=True)
+    assert len(again) == 1 and boxes_ok(again, rot.shape)
+    assert np.abs(again[0, :2] + again[0, 2:4] / 2 - [cx, cy]).max() < 0.15 * box[0, 2]
+    both = make_detector("default", profile=True)
+    assert both.clone().profile and not default.profile
+    flipped = both.detect(cv2.flip(img, 1))
+    assert len(flipped) == 1
+    assert abs((img.shape[1] - flipped[0, 0] - flipped[0, 2]) - box[0, 0]) < 0.1 * box[0, 2]
+    multi = both.detect(read("multi_face.jpg"))
+    assert 4 <= len(multi) <= 5 and boxes_ok(multi, read("multi_face.jpg").shape)
