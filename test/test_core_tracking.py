@@ -182,3 +182,39 @@ def test_a_tilted_face_is_found_again_near_its_box_not_held(clf):
 def test_hold_parameter_is_checked(clf):
     with pytest.raises(ValueError, match="hold_frames"):
         ExpressionPipeline(classifier=clf, hold_frames=-1)
+
+
+def test_a_held_box_follows_the_covered_face_by_optical_flow(clf):
+    """The face is hidden behind a textured cover (a piece of a real face-free frame) while the
+    child moves right by 6 px a frame: the held box moves with it, and keeps its id."""
+    background = cv2.resize(frames("no_face.mp4")[10], (640, 480), interpolation=cv2.INTER_AREA)
+    portrait = cv2.resize(read("single_face.jpg"), (240, 240), interpolation=cv2.INTER_AREA)
+    texture = cv2.resize(frames("no_face.mp4")[50], (640, 480), interpolation=cv2.INTER_AREA)[100:340, 200:440]
+
+    def scene(dx, cover_box=None):
+        img = background.copy()
+        img[120:360, 100 + dx:340 + dx] = portrait
+        if cover_box is not None:
+            x, y, w, h = cover_box
+            x0, y0, x1, y1 = int(x - 0.5 * w) + dx, int(y - 0.5 * h), int(x + 1.5 * w) + dx, int(y + 1.5 * h)
+            img[y0:y1, x0:x1] = texture[: y1 - y0, : x1 - x0]
+        return img
+
+    for flow in (True, False):
+        pipe = ExpressionPipeline(classifier=clf, hold_frames=8)
+        for i in range(5):
+            res = pipe.process(scene(0), i / 30)
+        assert len(res) == 1
+        box0 = res[0].box
+        xs = []
+        for k in range(1, 7):
+            img = scene(6 * k, box0)
+            if not flow:
+                pipe._prev_flow = None  # as if there were no optical flow
+            res = pipe.process(img, (4 + k) / 30)
+            assert [r.face_id for r in res] == [1]
+            xs.append(res[0].box[0] - box0[0])
+        if flow:
+            assert abs(xs[-1] - 36) <= 6, xs  # followed: 6 frames x 6 px
+        else:
+            assert xs[-1] == 0  # held in place

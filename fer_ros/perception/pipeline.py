@@ -22,7 +22,7 @@ from fer_ros import LABELS
 from .classifier import ExpressionClassifier
 from .detectors import make_detector
 from .preprocess import Framing, crop_faces, framing_for
-from .tracking import FaceTracker, iou_matrix
+from .tracking import FaceTracker, box_motion, flow_image, iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class ExpressionPipeline:
         # Per row of _last_boxes: frames found in a row, and frames held since last found.
         self._seen = np.zeros(0, np.int64)
         self._missed = np.zeros(0, np.int64)
+        self._prev_flow = None  # flow_image of the previous frame while faces are in view
         self._since_scan: int | None = None  # frames since the last full scan (None: scan now)
         self._last_boxes = np.zeros((0, 5), np.float32)
         self._last_shape = None
@@ -165,6 +166,7 @@ class ExpressionPipeline:
         self._since_scan = None
         self._last_boxes = np.zeros((0, 5), np.float32)
         self._seen, self._missed = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self._prev_flow = None
         self._pending = None  # a scan of the old scene still running is ignored
 
     def close(self) -> None:
@@ -227,13 +229,17 @@ class ExpressionPipeline:
                 self._since_scan = None  # someone was lost (moved fast, turned, left): scan next frame
             if self.async_scan:
                 boxes = self._collect_scan(boxes)
-        boxes = self._bridge(frame, boxes, fresh=gap or shape != self._prev_shape)
-        self._last_boxes = boxes
+        fresh = gap or shape != self._prev_shape
+        # Gray copy for optical flow, only while someone is in view (held boxes follow it).
+        cur = flow_image(frame) if self.hold_frames and (len(boxes) or len(self._last_boxes)) else None
+        boxes = self._bridge(frame, boxes, fresh, cur)
+        self._last_boxes, self._prev_flow = boxes, (cur if len(boxes) else None)
         return boxes
 
-    def _bridge(self, frame, boxes: np.ndarray, fresh: bool) -> np.ndarray:
+    def _bridge(self, frame, boxes: np.ndarray, fresh: bool, cur=None) -> np.ndarray:
         """Keep faces of the previous frame that this frame's detection missed (see hold_frames):
-        re-detect them nearby at a lower threshold, else hold their last box."""
+        re-detect them nearby at a lower threshold, else hold their last box, moved by the
+        optical flow inside it from the previous frame (`cur`: this frame's flow_image)."""
         last, k = self._last_boxes, len(boxes)
         seen, missed = np.ones(k, np.int64), np.zeros(k, np.int64)
         if fresh or self.hold_frames == 0 or len(last) == 0 or len(self._seen) != len(last):
@@ -255,11 +261,17 @@ class ExpressionPipeline:
             rescued = self.select(np.asarray(rescued, np.float32).reshape(-1, 5))
         add, add_seen, add_missed = [], [], []
         for i in lost:
-            row = last[i].copy()
+            row, again = last[i].copy(), False
             if len(rescued):
                 overlap = iou_matrix(last[i:i + 1], rescued)[0]
                 if overlap.max() >= 0.2:
-                    row = rescued[int(overlap.argmax())]
+                    row, again = rescued[int(overlap.argmax())], True
+            if not again and cur is not None and self._prev_flow is not None:
+                d = box_motion(self._prev_flow[0], cur[0], row[:4], cur[1])
+                if d is not None:  # follow the face; the box stays inside the frame
+                    height, width = np.shape(frame)[:2]
+                    row[0] = np.clip(row[0] + d[0], 0, max(0.0, width - row[2]))
+                    row[1] = np.clip(row[1] + d[1], 0, max(0.0, height - row[3]))
             if k and iou_matrix(row[None], boxes).max() >= 0.3:
                 continue  # already there under another box
             # A rescue does not reset `missed`: only a detection at the full threshold does, so a

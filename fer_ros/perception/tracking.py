@@ -143,3 +143,55 @@ class FaceTracker:
                     track.scores = self.smoothing * track.scores + (1.0 - self.smoothing) * p
                 out_scores[di] = track.scores
         return ids, out_scores
+
+
+# ----------------------------------------------------- following a face the detector missed
+
+#: Optical flow runs on a copy this many pixels wide: enough for a face's motion, and cheap.
+FLOW_WIDTH = 320
+
+
+def flow_image(frame) -> tuple[np.ndarray, float]:
+    """(gray copy at most FLOW_WIDTH wide, factor from its pixels to the frame's) for box_motion."""
+    import cv2
+
+    from .preprocess import to_gray
+
+    gray = to_gray(np.asarray(frame))
+    if gray.shape[1] <= FLOW_WIDTH:
+        return gray.copy(), 1.0  # copy: the caller may reuse the frame's buffer
+    f = FLOW_WIDTH / gray.shape[1]
+    small = cv2.resize(gray, (FLOW_WIDTH, max(1, round(gray.shape[0] * f))), interpolation=cv2.INTER_AREA)
+    return small, 1.0 / f
+
+
+def box_motion(prev: np.ndarray, cur: np.ndarray, box, factor: float = 1.0) -> np.ndarray | None:
+    """How the content of `box` (x, y, w, h, frame pixels) moved from `prev` to `cur` (flow_image
+    copies of two consecutive frames, `factor` their scale): the median Lucas-Kanade displacement
+    (dx, dy) of corner features inside the box, in frame pixels; None when the box has too few
+    features that could be followed (a flat patch, the box outside the image)."""
+    import cv2
+
+    if prev.shape != cur.shape:
+        return None
+    x, y, w, h = (float(v) / factor for v in np.asarray(box, np.float64)[:4])
+    x0, y0 = max(0, int(x)), max(0, int(y))
+    x1, y1 = min(prev.shape[1], int(np.ceil(x + w))), min(prev.shape[0], int(np.ceil(y + h)))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    pts = cv2.goodFeaturesToTrack(prev[y0:y1, x0:x1], maxCorners=40, qualityLevel=0.01, minDistance=3)
+    if pts is None or len(pts) < 4:
+        return None
+    pts = (pts.reshape(-1, 2) + [x0, y0]).astype(np.float32)
+    nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, winSize=(15, 15), maxLevel=2)
+    # Forward-backward check: a point is trusted only if following it back lands where it
+    # started; when the face is covered by something flat, its features "move" anywhere.
+    back, ok_back, _ = cv2.calcOpticalFlowPyrLK(cur, prev, nxt, None, winSize=(15, 15), maxLevel=2)
+    ok = ok.reshape(-1).astype(bool) & ok_back.reshape(-1).astype(bool)
+    ok &= np.linalg.norm(back - pts, axis=1) < 1.0
+    if ok.sum() < max(4, len(pts) // 3):
+        return None
+    d = np.median(nxt[ok] - pts[ok], axis=0).astype(np.float64)
+    if np.abs(d).max() > 0.5 * max(w, h):  # no face moves half its size in one frame
+        return None
+    return d * factor
