@@ -8,7 +8,9 @@ works at internally. Every detector accepts gray, BGR and BGRA uint8 frames.
 - `yunet`: OpenCV's CNN detector `cv2.FaceDetectorYN`; the user gives the .onnx path.
 - `whole`: the whole frame is one face, for inputs that are already face crops (FER-2013).
 - `default`: Haar on a frame downscaled to 320 px wide (see docs/core.md for the measurement
-  that chose it; it is the only candidate that ships with a registry package, opencv-python).
+  that chose it, bench/bench_detectors.py: of the candidates, only OpenCV's cascades install
+  from a registry with their weights into this environment; `profile=True` adds the profile
+  cascade).
 """
 
 from __future__ import annotations
