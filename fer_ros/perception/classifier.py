@@ -192,7 +192,6 @@ class ExpressionClassifier:
             raise FileNotFoundError(f"expression model not found: {self.model_path}{hint}")
         if backend == "auto":
             backend = "tensorrt" if tensorrt_importable() and cuda_available() else "onnxruntime"
-        self.requested_backend = backend
         self.flip_average = bool(flip_average)
         self.crop_average = bool(crop_average)
         self._impl = None

@@ -23,7 +23,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from .image import bgr_to_image_msg
 from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
-                         qos_params, run_node)
+                     qos_params, recent_rate, run_node)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -227,8 +227,9 @@ class CameraNode(LifecycleNode):
                 cap.release()
                 if self.kind == "video":
                     raise ValueError(f"cannot read video file {self.target} (unknown format or corrupt)")
+                # once, then at most every 30 s: a missing camera must not flood the log
                 self.get_logger().error(f"cannot open camera {self.target!r}; retrying every "
-                                        f"{self.p['reconnect_interval']:g} s")
+                                        f"{self.p['reconnect_interval']:g} s", throttle_duration_sec=30.0)
                 self.cap = None
                 self._next_open = time.monotonic() + self.p["reconnect_interval"]
                 return False
@@ -297,8 +298,7 @@ class CameraNode(LifecycleNode):
         self._published.append(time.monotonic())
 
     def diagnostics(self) -> DiagnosticStatus:
-        recent = [t for t in self._published if t > time.monotonic() - 5.0]
-        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        rate = recent_rate(self._published)
         status = DiagnosticStatus(name=f"{self.get_name()}: camera", hardware_id=str(self.p["source"]))
         state = self.lifecycle_state
         if self._config_error is not None and self.pub is None:
@@ -309,7 +309,7 @@ class CameraNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.ERROR, "camera lost or not opened; retrying"
         elif self.finished:
             status.level, status.message = DiagnosticStatus.OK, f"end of {self.kind}"
-        elif not recent:
+        elif not self._published or self._published[-1] < time.monotonic() - 5.0:
             status.level, status.message = DiagnosticStatus.WARN, "no frames in the last 5 s"
         else:
             status.level, status.message = DiagnosticStatus.OK, f"{rate:.1f} fps"

@@ -31,9 +31,10 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
+from fer_ros.perception.pipeline import stamp_seconds
 from .image import image_msg_to_bgr, bgr_to_image_msg
 from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
-                         qos_params, run_node)
+                     qos_params, recent_rate, run_node)
 
 PARAMS = [
     Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
@@ -50,10 +51,9 @@ PARAMS = [
           "fewer false faces, more missed ones).", range=(0, 50), read_only=True),
     Param("detector.score_threshold", 0.6, "YuNet: minimum face score.", range=(0.0, 1.0), read_only=True),
     Param("detect_interval", 30, "Scan the whole frame for faces every N frames; in between, re-detect only "
-          "around the known faces (Haar; ~20x cheaper). A lost face triggers a full scan on the next "
-          "frame; a new face appears at most N-1 frames late (30: within 1 s at 30 FPS). A full Haar "
-          "scan of a 640x480 frame takes ~29 ms on a 2-core CPU, so smaller N costs p95 latency. "
-          "1: full scan on every frame.",
+          "around the known faces (Haar; much cheaper than a full scan, docs/core.md). A lost face triggers "
+          "a full scan on the next frame; a new face appears at most N-1 frames late (30: within 1 s at "
+          "30 FPS). Smaller N finds new faces sooner and costs latency. 1: full scan on every frame.",
           range=(1, 1000), read_only=True),
     Param("async_scan", False, "Run the periodic full-frame scans in a background thread, so no frame waits "
           "for one (lower p95 latency; which frame a new face first appears in then depends on timing).",
@@ -153,10 +153,6 @@ def results_to_msg(results, header, width: int, height: int):
         face.scores = np.asarray(r.scores, dtype=np.float32).reshape(7)
         out.faces.append(face)
     return out
-
-
-def _stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class ExpressionNode(LifecycleNode):
@@ -321,7 +317,7 @@ class ExpressionNode(LifecycleNode):
             self.stats["malformed"] += 1
             self.get_logger().warn(f"skipping malformed image: {exc}", throttle_duration_sec=5.0)
             return None
-        stamp = _stamp_seconds(msg.header.stamp)
+        stamp = stamp_seconds(msg.header.stamp)
         large = 0 < self.p["large_frame_pixels"] < bgr.shape[0] * bgr.shape[1]
         with self._process_lock:
             if self.pipeline is None:
@@ -357,10 +353,6 @@ class ExpressionNode(LifecycleNode):
             done, recv = list(self._done_times), list(self._recv_times)
             timings = dict(self._last_timings)
 
-        def rate(times):
-            recent = [t for t in times if t > time.monotonic() - 5.0]
-            return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-
         def pct(values, q):
             return float(np.percentile(values, q)) if values else float("nan")
 
@@ -382,12 +374,12 @@ class ExpressionNode(LifecycleNode):
         elif s["lost"] or s["large"]:
             w, h = self._last_size
             status.level = DiagnosticStatus.WARN
-            status.message = (f"{rate(done):.1f} fps; {s['lost']} image(s) lost in transport, {s['large']} large "
+            status.message = (f"{recent_rate(done):.1f} fps; {s['lost']} image(s) lost in transport, {s['large']} large "
                               f"(last {w}x{h}): downscale at the camera (camera_node max_width)")
         else:
-            status.level, status.message = DiagnosticStatus.OK, f"{rate(done):.1f} fps, {s['faces']} face(s)"
+            status.level, status.message = DiagnosticStatus.OK, f"{recent_rate(done):.1f} fps, {s['faces']} face(s)"
         values = {
-            "lifecycle_state": state, "input_rate_hz": f"{rate(recv):.2f}", "processed_rate_hz": f"{rate(done):.2f}",
+            "lifecycle_state": state, "input_rate_hz": f"{recent_rate(recv):.2f}", "processed_rate_hz": f"{recent_rate(done):.2f}",
             "latency_ms_p50": f"{pct(lat, 50):.1f}", "latency_ms_p95": f"{pct(lat, 95):.1f}",
             "processing_ms_mean": f"{float(np.mean(proc)) if proc else float('nan'):.1f}",
             "frames_received": s["received"], "frames_processed": s["processed"],

@@ -113,9 +113,11 @@ class Recorder:
             self.frames += 1
 
     def _on_faces(self, msg):
+        from fer_ros.perception.pipeline import stamp_seconds
+
         self.results += 1
         self.jsonl.write(json.dumps({
-            "stamp": msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, "frame_id": msg.header.frame_id,
+            "stamp": stamp_seconds(msg.header.stamp), "frame_id": msg.header.frame_id,
             "faces": [{"face_id": f.face_id, "box": [f.box.x_offset, f.box.y_offset, f.box.width, f.box.height],
                        "expression": f.expression, "confidence": round(float(f.confidence), 4)}
                       for f in msg.faces]}) + "\n")

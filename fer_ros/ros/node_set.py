@@ -82,7 +82,7 @@ def is_true(value) -> bool:
 
 def source_config() -> Path:
     """config/therapy.yaml beside this package (exists in a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "config" / CONFIG_NAME
+    return Path(__file__).resolve().parents[2] / "config" / CONFIG_NAME
 
 
 def default_config() -> Path:

@@ -80,14 +80,72 @@ def qos_from_params(values: dict, prefix: str) -> QoSProfile:
     return make_qos(values[f"{prefix}.reliability"], values[f"{prefix}.depth"])
 
 
-def describe_params(params: Iterable[Param]) -> str:
-    """Markdown table of parameters (used to keep docs/ros.md in step with the code)."""
-    rows = ["| parameter | default | description |", "|---|---|---|"]
+def recent_rate(times, window: float = 5.0) -> float:
+    """Events per second over the last `window` seconds of monotonic `times` (0 with fewer than two)."""
+    import time
+
+    recent = [t for t in times if t > time.monotonic() - window]
+    return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def describe_params(params: Iterable[Param], overrides: dict | None = None) -> str:
+    """Markdown table of parameters from their declarations (the one source of the docs' tables):
+    name, default, range, the value `overrides` (config/therapy.yaml) sets, description."""
+    overrides = overrides or {}
+    rows = ["| parameter | default | range | config/therapy.yaml | description |", "|---|---|---|---|---|"]
     for p in params:
-        default = repr(p.default) if isinstance(p.default, str) else str(p.default).lower() \
-            if isinstance(p.default, bool) else str(p.default)
-        rows.append(f"| `{p.name}` | `{default}` | {p.description} |")
+        rng = f"{p.range[0]:g} – {p.range[1]:g}" if p.range is not None and not isinstance(p.default, bool) else ""
+        cfg = f"`{_cell(overrides[p.name])}`" if p.name in overrides and overrides[p.name] != p.default else ""
+        rows.append(f"| `{p.name}` | `{_cell(p.default)}` | {rng} | {cfg} | {p.description} |")
     return "\n".join(rows)
+
+
+#: Table name -> (node = its section in config/therapy.yaml, module, list of Params); the tables
+#: in docs/ros.md and docs/therapy.md are generated from these.
+DOC_TABLES = {"expression_node": ("expression_node", "fer_ros.ros.expression_node", "PARAMS"),
+              "camera_node": ("camera_node", "fer_ros.ros.camera_node", "PARAMS"),
+              "hri_bridge": ("hri_bridge", "fer_ros.ros.hri_bridge", "PARAMS"),
+              "dashboard_node": ("dashboard_node", "fer_ros.ros.dashboard_node", "PARAMS"),
+              "therapy_node": ("therapy_node", "fer_ros.ros.therapy_node", "SESSION_PARAMS+NODE_PARAMS"),
+              "therapy_node.phrases": ("therapy_node", "fer_ros.ros.therapy_node", "PHRASE_PARAMS")}
+
+
+def doc_tables() -> dict[str, str]:
+    """table name -> its generated parameter table (with config/therapy.yaml's values)."""
+    import importlib
+
+    from .node_set import default_config, load_config
+
+    cfg = load_config(default_config())
+    out = {}
+    for table, (node, mod, lists) in DOC_TABLES.items():
+        m = importlib.import_module(mod)
+        out[table] = describe_params([p for name in lists.split("+") for p in getattr(m, name)], cfg.get(node, {}))
+    return out
+
+
+def write_doc_tables(paths) -> list[str]:
+    """Replace the text between `<!-- params:NODE -->` and `<!-- /params:NODE -->` in each
+    file with NODE's generated table; returns the nodes whose table changed."""
+    tables, changed = doc_tables(), []
+    for path in paths:
+        text = open(path).read()
+        for node, table in tables.items():
+            start, end = f"<!-- params:{node} -->", f"<!-- /params:{node} -->"
+            if start in text and end in text:
+                a, b = text.index(start) + len(start), text.index(end)
+                new = f"\n{table}\n"
+                if text[a:b] != new:
+                    text = text[:a] + new + text[b:]
+                    changed.append(node)
+        open(path, "w").write(text)
+    return changed
 
 
 def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=None,
@@ -158,3 +216,9 @@ def key_values(values: dict) -> list:
     from diagnostic_msgs.msg import KeyValue
 
     return [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+
+
+if __name__ == "__main__":  # python -m fer_ros.ros.params docs/ros.md docs/therapy.md
+    import sys
+
+    print("regenerated:", ", ".join(write_doc_tables(sys.argv[1:])) or "nothing (up to date)")
