@@ -43,8 +43,6 @@ class Track:
     scores: np.ndarray | None  # smoothed scores [7] (None until the first classification)
     last_seen: float  # stamp (s) of the last match, or the frame counter without stamps
     last_frame: int
-    hits: int = 1
-    first_seen: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -128,9 +126,8 @@ class FaceTracker:
                 track = self.tracks[-1 - ids[di]]
                 track.box = boxes[di, :4].copy()
                 track.last_seen, track.last_frame = when, self.frame
-                track.hits += 1
             else:
-                track = Track(self.next_id, boxes[di, :4].copy(), None, when, self.frame, first_seen=when)
+                track = Track(self.next_id, boxes[di, :4].copy(), None, when, self.frame)
                 self.next_id += 1
                 self.tracks.append(track)
             track.extra["stamped"] = stamp is not None

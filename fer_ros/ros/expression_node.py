@@ -62,6 +62,10 @@ PARAMS = [
           "48x48 crop of a smaller face carries little expression).", range=(1, 4096), read_only=True),
     Param("max_faces", 20, "Classify at most this many faces per frame (the largest), all in one batch.",
           range=(1, 1000), read_only=True),
+    Param("hold_frames", 8, "Bridge short detection gaps: a face the detector misses (turned, a hand over "
+          "it) is searched for near its last box with a lower threshold and the profile cascade, and "
+          "otherwise kept, following it with optical flow, for up to this many frames before it counts "
+          "as gone. 0: off (a missed face is gone at once).", range=(0, 300), read_only=True),
     Param("backend", "auto", "Classifier backend: 'auto' (TensorRT on an NVIDIA GPU when available, else "
           "ONNX Runtime), 'onnxruntime', 'tensorrt' (falls back to onnxruntime on any engine problem) "
           "or 'torch' (model_path is a training checkpoint).", read_only=True),
@@ -134,7 +138,8 @@ def build_pipeline(p: dict):
         detector=name, detector_params=det_params, classifier=classifier, detect_interval=p["detect_interval"],
         async_scan=p["async_scan"], tracking=p["tracking"], smoothing=p["smoothing"],
         framing=Framing(p["crop_scale"], 0.0, p["crop_shift_y"]) if p["crop_scale"] > 0 else None,
-        max_faces=p["max_faces"], min_face_size=p["min_face_size"], iou_threshold=p["tracking.iou_threshold"],
+        max_faces=p["max_faces"], min_face_size=p["min_face_size"], hold_frames=p["hold_frames"],
+        iou_threshold=p["tracking.iou_threshold"],
         max_age_s=p["tracking.max_age_s"], max_age_frames=p["tracking.max_age_frames"])
 
 
