@@ -9,6 +9,7 @@ detection, classification, tracking and result transport.
 
     .venv/bin/python bench/bench_latency.py [--duration 30] [--rate 30] [--faces 1]
     .venv/bin/python bench/bench_latency.py --params-file config/therapy.yaml --faces 3   # shipped config
+    .venv/bin/python bench/bench_latency.py --duration 480 --report-every 60   # soak: a line per minute
 
 Prints p50/p95/p99/max latency, delivered rate, the share of frames with the expected face
 count, frames dropped by the expression node (newest-frame-only) and whether latency grows
@@ -41,6 +42,17 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (Linux /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=30.0, help="measured seconds")
@@ -57,6 +69,9 @@ def main() -> int:
                          "shipped therapy settings); -p items override it")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="extra expression_node parameter (repeatable), e.g. -p detect_interval:=1")
+    ap.add_argument("--report-every", type=float, default=0.0,
+                    help="soak: every this many seconds print the expression node's RSS, the delivered rate "
+                         "and latency of that interval (0: only the summary)")
     ap.add_argument("--nice", type=int, default=None,
                     help="run the two nodes at this niceness (e.g. -10, needs root): a robot gives its "
                          "perception nodes priority over background jobs")
@@ -130,10 +145,22 @@ def main() -> int:
             raise SystemExit(f"no results within 60 s; see {logs.name}")
         start = time.monotonic() + args.warmup
         dropped0 = cpu0 = None
+        next_report = start + args.report_every
+        if args.report_every:
+            print(f"{'minute':>6} {'RSS MB':>8} {'FPS':>6} {'p50 ms':>7} {'p95 ms':>7}", flush=True)
         while time.monotonic() < start + args.duration:
             if dropped0 is None and time.monotonic() >= start and diag:
                 dropped0 = int(diag.get("frames_dropped", 0)), int(diag.get("frames_received", 0))
                 cpu0 = [cpu_seconds(p.pid) for p in procs]
+            if args.report_every and time.monotonic() >= next_report:
+                with lock:
+                    part = [(t, lat) for t, lat, _ in samples if next_report - args.report_every <= t < next_report]
+                if len(part) > 1:
+                    pl = np.array([x[1] for x in part])
+                    fps = (len(part) - 1) / (part[-1][0] - part[0][0])
+                    print(f"{(next_report - start) / 60:6.1f} {rss_mb(procs[0].pid):8.1f} {fps:6.2f} "
+                          f"{np.percentile(pl, 50):7.1f} {np.percentile(pl, 95):7.1f}", flush=True)
+                next_report += args.report_every
             time.sleep(0.2)
         cpu = [(cpu_seconds(p.pid) - c) / args.duration * 100 for p, c in zip(procs, cpu0 or [float("nan")] * 2)]
         time.sleep(1.2)  # one more diagnostics message
