@@ -27,8 +27,8 @@ from training.model import load_checkpoint
 from training.report import metrics
 
 MODELS = Path(__file__).resolve().parents[1] / "fer_ros" / "models"
-# Test-time averaging settings scored on the card: (flip_average, crop_average); the last is
-# ExpressionClassifier's default.
+# Test-time averaging settings scored on the card: (flip_average, crop_average); "flip" is
+# ExpressionClassifier's default, "flip+crops" what config/therapy.yaml runs.
 TTA = {"none": (False, False), "flip": (True, False), "crops": (False, True), "flip+crops": (True, True)}
 TTA_VIEWS = {name: tta_view_count(crops=crops, flip=flip) for name, (flip, crops) in TTA.items()}
 TTA_NOTE = {"flip": " (classifier default)", "flip+crops": " (config/therapy.yaml)"}
