@@ -152,6 +152,8 @@ class CameraNode(LifecycleNode):
         self.finished = False
         self.rate = 0.0
         self._next_open = 0.0
+        self.open_failures = 0  # attempts to open the camera that failed (its log line is throttled)
+        self._open_error_logged = -1e9
         self._config_error = None
         self._published = deque(maxlen=120)  # publish times, for the rate in diagnostics
         publish_diagnostics_every(self, 1.0, self.diagnostics)
@@ -228,8 +230,13 @@ class CameraNode(LifecycleNode):
                 if self.kind == "video":
                     raise ValueError(f"cannot read video file {self.target} (unknown format or corrupt)")
                 # once, then at most every 30 s: a missing camera must not flood the log
-                self.get_logger().error(f"cannot open camera {self.target!r}; retrying every "
-                                        f"{self.p['reconnect_interval']:g} s", throttle_duration_sec=30.0)
+                self.open_failures += 1
+                now = time.monotonic()
+                if now - self._open_error_logged >= 30.0:
+                    self._open_error_logged = now
+                    self.get_logger().error(f"cannot open camera {self.target!r}; retrying every "
+                                            f"{self.p['reconnect_interval']:g} s (said again at most every 30 s; "
+                                            f"failed attempts are counted in diagnostics)")
                 self.cap = None
                 self._next_open = time.monotonic() + self.p["reconnect_interval"]
                 return False
@@ -314,7 +321,7 @@ class CameraNode(LifecycleNode):
         else:
             status.level, status.message = DiagnosticStatus.OK, f"{rate:.1f} fps"
         values = {"lifecycle_state": state, "source": self.p["source"], "kind": self.kind, "frames_published": self.frames,
-                  "rate_hz": f"{rate:.2f}", "target_rate_hz": f"{self.rate:g}"}
+                  "open_failures": self.open_failures, "rate_hz": f"{rate:.2f}", "target_rate_hz": f"{self.rate:g}"}
         status.values = key_values(values)
         return status
 
