@@ -278,7 +278,7 @@ def kfold(fs: FaceSet, k: int = 5, by: str = "random", seed: int = 0) -> list[np
 # ---------------------------------------------------------------- augmentation
 #: How training crops are placed (TrainConfig.jitter):
 #: "area": the paper's, a random crop of 85-100% of the face's area (min_scale**2 .. 1), anywhere inside it;
-#: "inside": 85-100% of the side (min_scale .. 1), anywhere inside (what runs before 3 Dec used);
+#: "inside": 85-100% of the side (min_scale .. 1), anywhere inside (what runs before the framing jitter used);
 #: "framing": the FER-2013 frame jittered the way detector boxes vary: side scale log-uniform in
 #:     scale_range, centre shifted up to +-shift of the side in x and y, border pixels repeated
 #:     where the crop leaves the image (as at run time: fer_ros.perception.preprocess.crop_square).
