@@ -314,7 +314,12 @@ class TherapyNode(Node):
 
 def _spin_until_finished(node) -> None:
     while rclpy.ok() and not node.finished:
-        rclpy.spin_once(node, timeout_sec=0.1)
+        try:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        except Exception:  # noqa: BLE001 - Ctrl-C shut ROS down while a message was being taken
+            if rclpy.ok():
+                raise
+            return
 
 
 def main(args=None) -> int:
