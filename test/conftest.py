@@ -118,3 +118,21 @@ def faces_msg(expression: str, conf: float = 0.9, face_id: int = 4):
     f.scores = [conf if label == expression else (1.0 - conf) / 6 for label in LABELS]
     msg.faces = [f]
     return msg
+
+
+def ros_context(domain: int):
+    """For a module-scoped `ros` fixture: an rclpy context on `domain` with a single-threaded
+    executor spinning in a thread (callbacks only hand work on; a MultiThreadedExecutor
+    busy-polls and starves the GIL). Yields (context, executor)."""
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    executor = SingleThreadedExecutor(context=context)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    yield context, executor
+    executor.shutdown(timeout_sec=2)
+    rclpy.try_shutdown(context=context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 
 import numpy as np
@@ -15,13 +14,14 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make buil
 pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
+
+from conftest import ros_context  # noqa: E402
 
 DOMAIN = random.randint(101, 200)
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
@@ -31,14 +31,7 @@ TOPIC = "/lifecycle_test/image"
 
 @pytest.fixture(scope="module")
 def ros():
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN)
-    executor = SingleThreadedExecutor(context=context)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield context, executor
-    executor.shutdown(timeout_sec=2)
-    rclpy.try_shutdown(context=context)
+    yield from ros_context(DOMAIN)
 
 
 def face_image(i: int, width=160, height=160):

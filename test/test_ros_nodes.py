@@ -13,7 +13,6 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
 pytest.importorskip("fer_ros.msg", reason="fer_ros messages not built (run `make build`)")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
@@ -32,7 +30,7 @@ from fer_ros import LABELS  # noqa: E402
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
 
-from conftest import REPO, model_for_tests, need_shared  # noqa: E402
+from conftest import REPO, model_for_tests, need_shared, ros_context  # noqa: E402
 
 DOMAIN = random.randint(1, 100)
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)  # subprocesses too
@@ -41,15 +39,7 @@ os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 @pytest.fixture(scope="module")
 def ros():
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN)
-    # one thread: callbacks only hand work on; a MultiThreadedExecutor busy-polls and starves the GIL
-    executor = SingleThreadedExecutor(context=context)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield context, executor
-    executor.shutdown(timeout_sec=2)
-    rclpy.try_shutdown(context=context)
+    yield from ros_context(DOMAIN)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ from collections import deque
 import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 
 from .image import bgr_to_image_msg
-from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
-                     qos_params, recent_rate, run_node)
+from .params import (AutostartLifecycleNode, Param, declare_params, key_values, publish_diagnostics_every,
+                     qos_from_params, qos_params, recent_rate, run_node)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -136,7 +136,7 @@ def parse_source(source: str):
                      f"an existing video file or an image folder")
 
 
-class CameraNode(LifecycleNode):
+class CameraNode(AutostartLifecycleNode):
     """A lifecycle node: configure checks the source and creates the publisher, activate opens
     the device and publishes, deactivate stops and releases the device (another program may then
     use the webcam), cleanup removes the publisher. With `autostart` (default) it configures and
@@ -158,13 +158,7 @@ class CameraNode(LifecycleNode):
         self._published = deque(maxlen=120)  # publish times, for the rate in diagnostics
         publish_diagnostics_every(self, 1.0, self.diagnostics)
         if self.p["autostart"]:
-            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise self._config_error or RuntimeError("configure failed (see log)")
-            self.trigger_activate()
-
-    @property
-    def lifecycle_state(self) -> str:
-        return self._state_machine.current_state[1]
+            self.autostart()
 
     # -- lifecycle transitions --------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -27,14 +27,14 @@ from collections import deque
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from fer_ros.perception.pipeline import stamp_seconds
 from .image import image_msg_to_bgr, bgr_to_image_msg
-from .params import (Param, declare_params, key_values, publish_diagnostics_every, qos_from_params,
-                     qos_params, recent_rate, run_node)
+from .params import (AutostartLifecycleNode, Param, declare_params, key_values, publish_diagnostics_every,
+                     qos_from_params, qos_params, recent_rate, run_node)
 
 PARAMS = [
     Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
@@ -160,7 +160,7 @@ def results_to_msg(results, header, width: int, height: int):
     return out
 
 
-class ExpressionNode(LifecycleNode):
+class ExpressionNode(AutostartLifecycleNode):
     """The expression node, an rclpy lifecycle node: configure builds the pipeline (detector,
     model, engine) and the publishers; activate subscribes and starts the worker; deactivate
     stops processing; cleanup frees the pipeline. With `autostart` (default) it configures
@@ -198,14 +198,7 @@ class ExpressionNode(LifecycleNode):
         self._last_size = (0, 0)
         publish_diagnostics_every(self, self.p["diagnostics_period"], self.diagnostics)
         if self.p["autostart"]:
-            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise self._config_error or RuntimeError("configure failed (see log)")
-            self.trigger_activate()
-
-    @property
-    def lifecycle_state(self) -> str:
-        """'unconfigured', 'inactive', 'active', 'finalized' (or a transition's name)."""
-        return self._state_machine.current_state[1]
+            self.autostart()
 
     # -- lifecycle transitions --------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 
 
@@ -146,6 +147,23 @@ def write_doc_tables(paths) -> list[str]:
                     changed.append(node)
         open(path, "w").write(text)
     return changed
+
+
+class AutostartLifecycleNode(LifecycleNode):
+    """A lifecycle node that can configure and activate itself (its `autostart` parameter: for
+    `ros2 run` and `fer-ros launch`); on_configure stores what went wrong in `_config_error`."""
+
+    _config_error: Exception | None = None
+
+    def autostart(self) -> None:
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise self._config_error or RuntimeError("configure failed (see log)")
+        self.trigger_activate()
+
+    @property
+    def lifecycle_state(self) -> str:
+        """'unconfigured', 'inactive', 'active', 'finalized' (or a transition's name)."""
+        return self._state_machine.current_state[1]
 
 
 def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=None,
