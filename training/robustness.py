@@ -88,20 +88,30 @@ def fer_table(clf, faces, y) -> dict:
     return out
 
 
-def jaffe_pipeline(clf, shared: Path, framing: Framing) -> dict:
-    """7-class JAFFE accuracy through detector -> framed crop -> classifier (largest face)."""
+def jaffe_faces(shared: Path):
+    """JAFFE's full images, their labels in LABELS order and the default detector's largest box
+    per image (None where it finds no face): detected once, cropped per framing below."""
     from fer_ros.perception.detectors import make_detector
-    from fer_ros.perception.preprocess import crop_faces
 
     d = np.load(shared / "data" / "jaffe.npz")
     names = [str(c) for c in d["class_names"]]
     y = np.array([LABELS.index(names[k]) for k in d["labels"]])
     det = make_detector("default")
+    boxes = []
+    for im in d["images"]:
+        b = det.detect(im)
+        boxes.append(b[np.argmax(b[:, 2] * b[:, 3]), :4] if len(b) else None)
+    return d["images"], y, boxes
+
+
+def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
+    """7-class JAFFE accuracy through detector -> framed crop -> classifier (largest face)."""
+    from fer_ros.perception.preprocess import crop_faces
+
+    images, y, boxes = jaffe
     pred = np.full(len(y), -1)
-    for i, im in enumerate(d["images"]):
-        boxes = det.detect(im)
-        if len(boxes):
-            box = boxes[np.argmax(boxes[:, 2] * boxes[:, 3]), :4]
+    for i, (im, box) in enumerate(zip(images, boxes)):
+        if box is not None:
             pred[i] = int(clf.predict(crop_faces(im, [box], framing)).argmax(1)[0])
     return {"accuracy": round(100 * float((pred == y).mean()), 2), "detected": int((pred >= 0).sum()),
             "n": int(len(y)), "framing": framing.to_dict()}
@@ -130,13 +140,14 @@ def run(model, shared, views=(1, 2), limit: int = 0) -> dict:
         faces, y = faces[:limit], y[:limit]
     backend = "torch" if str(model).endswith(".pt") else "onnxruntime"
     res = {"model": str(model), "n_publictest": int(len(y)), "views": {}}
+    jaffe = jaffe_faces(shared) if not limit else None
     for v in views:
         flip, crops = VIEWS[v]
         clf = ExpressionClassifier(model, backend=backend, flip_average=flip, crop_average=crops)
         r = {"publictest": fer_table(clf, faces, y)}
         if not limit:
-            r["jaffe_pipeline"] = jaffe_pipeline(clf, shared, FRAMINGS["haar"])
-            r["jaffe_pipeline_old_crop"] = jaffe_pipeline(clf, shared, Framing(1.2))
+            r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, FRAMINGS["haar"])
+            r["jaffe_pipeline_old_crop"] = jaffe_pipeline(clf, jaffe, Framing(1.2))
             r["media"] = media(clf, shared)
         res["views"][str(v)] = r
     return res
