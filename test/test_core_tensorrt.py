@@ -292,3 +292,27 @@ def test_build_engine_cli_with_stand_ins(model, tmp_path, monkeypatch, capsys, v
     assert path.endswith("fp16-b32.engine")
     assert cli_main(["build-engine", str(model), "--cache-dir", str(tmp_path), "--fp16"]) == 0
     assert "already cached" in capsys.readouterr().out
+
+
+def test_release_gives_the_gpu_back_and_acquire_takes_it_without_a_rebuild(model, tmp_path, monkeypatch):
+    """What the expression node does on deactivate / activate."""
+    trt, driver, calls = trt_stand_ins.install(monkeypatch, "10.13.0")
+    c = ExpressionClassifier(model, backend="tensorrt", engine_cache_dir=tmp_path, fp16=False)
+    x = faces(5)
+    before = c.predict(x)
+    assert driver.retained == 1 and calls.count("build") == 1
+    c.release_device()
+    assert driver.retained == 0 and not driver.device_mem and not driver.host_mem and not driver.streams
+    for f in tmp_path.glob("*.engine"):
+        f.unlink()  # the cache is gone: the engine comes from memory, nothing is rebuilt
+    calls.clear()
+    c.acquire_device()
+    assert c.backend == "tensorrt" and driver.retained == 1 and "build" not in calls
+    np.testing.assert_allclose(c.predict(x), before, atol=1e-6)
+    c.acquire_device()  # while held: no second context
+    assert driver.retained == 1
+    c.release_device()
+    monkeypatch.setattr(driver, "devices", 0)
+    c.acquire_device()  # the GPU went away while released: onnxruntime, still classifying
+    assert c.backend == "onnxruntime" and driver.retained == 0
+    np.testing.assert_allclose(c.predict(x), before, atol=1e-4)

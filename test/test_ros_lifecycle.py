@@ -221,6 +221,40 @@ def test_camera_node_releases_its_source_on_deactivate(ros, tmp_path):
         node.destroy_node()
 
 
+def test_expression_node_gives_the_gpu_back_on_deactivate(ros, tmp_path, monkeypatch):
+    """Deactivate releases the TensorRT engine, its buffers and the CUDA context (another program
+    may use the GPU meanwhile); activate takes them again without rebuilding; cleanup frees all."""
+    import trt_stand_ins
+    from conftest import make_onnx_model
+
+    from fer_ros.ros.expression_node import ExpressionNode
+
+    trt, driver, calls = trt_stand_ins.install(monkeypatch, "11.4.0")
+    monkeypatch.setenv("FER_ROS_ENGINE_CACHE", str(tmp_path / "engines"))
+    model = make_onnx_model(tmp_path / "m.onnx")
+    context, _ = ros
+    node = ExpressionNode(params={"detector": "whole", "backend": "tensorrt", "model_path": str(model),
+                                  "autostart": False}, subscribe=False, node_name="gpu_release_node",
+                          context=context)
+    try:
+        assert driver.retained == 0  # nothing on the GPU before configure
+        node.trigger_configure()
+        assert node.backend == "tensorrt" and driver.retained == 1 and calls.count("build") == 1
+        node.trigger_activate()
+        first = node.process_image(face_image(1, 64, 64))
+        node.trigger_deactivate()
+        assert driver.retained == 0 and not driver.device_mem and not driver.streams
+        node.trigger_activate()
+        assert driver.retained == 1 and calls.count("build") == 1 and node.backend == "tensorrt"
+        again = node.process_image(face_image(1, 64, 64))
+        np.testing.assert_allclose(again.faces[0].scores, first.faces[0].scores, atol=1e-3)
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+        assert driver.retained == 0 and node.pipeline is None
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.slow
 def test_4k_frames_across_processes_are_lost_unless_the_camera_downscales(ros, tmp_path):
     """Issue 14: over best-effort QoS most 4K images never arrive; expression_node's diagnostics

@@ -13,6 +13,7 @@ import threading
 import time
 
 from fer_ros.bags.io import BagReader, BagWriter
+from fer_ros.perception.settings import BY_NAME, check_value
 from fer_ros.bags.messages import (ANNOTATED_TOPIC, EXPRESSIONS_TOPIC, EXPRESSIONS_TYPE, FRAMES_TOPIC,
                                    GROUND_TRUTH_TOPIC, HEADER_TYPE, IMAGE_TOPIC, IMAGE_TYPE, IMAGE_TYPES,
                                    STRING_TYPE, BagError, label_key, make_header, make_string, set_stamp,
@@ -81,6 +82,11 @@ def coerce_params(params: dict) -> dict:
         limits = declared[name].range
         if limits is not None and not isinstance(default, bool) and not limits[0] <= value <= limits[1]:
             raise BagError(f"parameter {name} must be in [{limits[0]}, {limits[1]}], got {value!r}")
+        if name in BY_NAME:  # a pipeline setting: its choices too (detector, backend)
+            try:
+                value = check_value(name, value)
+            except ValueError as exc:
+                raise BagError(f"parameter {exc}") from None
         out[name] = value
     return out
 
@@ -205,12 +211,10 @@ class Replay:
         return s
 
     def _build_pipeline(self):
-        from fer_ros.ros.expression_node import PARAMS, build_pipeline
+        from fer_ros.perception.settings import build_pipeline
 
-        values = {p.name: p.default for p in PARAMS}
-        values.update(self.params)
-        try:
-            pipeline = build_pipeline(values)
+        try:  # the node's other parameters (topics, QoS) do not apply here and are ignored
+            pipeline = build_pipeline(self.params)
         except (ValueError, FileNotFoundError, ImportError) as exc:  # bad parameter value or model path
             raise BagError(f"cannot start the expression pipeline with {self.params}: {exc}") from None
         self.summary["node"] = {"backend": str(pipeline.classifier.backend),

@@ -19,28 +19,49 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", 
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
+#: Short spellings kept from before the options came from `settings.SETTINGS`.
+_ALIASES = {"model_path": ("--model",)}
+
+
+def _dest(name: str) -> str:
+    return "setting_" + name.replace(".", "__")
+
+
 def add_arguments(parser) -> None:
+    """The input/output options, then one option per pipeline setting (`settings.SETTINGS`:
+    the expression node's parameters, same names, defaults and ranges, except `OFFLINE`)."""
+    import argparse
+
+    from .settings import OFFLINE, SETTINGS
+
     parser.add_argument("path", help="an image, a video, or a folder of images/videos")
     parser.add_argument("--json", metavar="OUT", help="write per-frame results as JSON to OUT ('-' = stdout)")
     parser.add_argument("--annotate", metavar="OUT",
                         help="write the annotated image/video to OUT (a folder when PATH is a folder)")
-    parser.add_argument("--detector", default="default", help="default, haar, yunet or whole (default: %(default)s)")
-    parser.add_argument("--detector-model", metavar="ONNX", help="model file for --detector yunet")
-    parser.add_argument("--model", metavar="PATH", help="expression model (default: the shipped ONNX model)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"],
-                        help="classifier backend (default: %(default)s)")
-    parser.add_argument("--no-tracking", action="store_true", help="per-frame ids and raw scores")
-    parser.add_argument("--smoothing", type=float, default=0.6, help="score EMA weight of the past, 0 = off (default: %(default)s)")
-    parser.add_argument("--crop-scale", type=float, default=0.0,
-                        help="side of the square face crop in detector-box sides (default: 0, the framing "
-                             "measured for the detector, fer_ros.perception.preprocess.FRAMINGS)")
-    parser.add_argument("--max-faces", type=int, default=20, help="largest faces kept per frame (default: %(default)s)")
-    parser.add_argument("--min-face-size", type=int, default=30, help="smallest face side in pixels (default: %(default)s)")
-    parser.add_argument("--detect-interval", type=int, default=1,
-                        help="full face scan every N frames, re-detect near known faces in between "
-                             "(default: %(default)s: offline analysis favours completeness over speed)")
     parser.add_argument("--stride", type=int, default=1, help="analyze every Nth video frame (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    group = parser.add_argument_group(
+        "pipeline settings", "the expression node's parameters (docs/ros.md); offline analysis scans every "
+        "frame in full and runs nothing in the background (" + ", ".join(f"{k}={v}" for k, v in OFFLINE.items())
+        + ") so its results do not depend on timing")
+    for s in SETTINGS:
+        default = OFFLINE.get(s.name, s.default)
+        kw = dict(dest=_dest(s.name), default=default,
+                  help=s.description.replace("%", "%%") + " (default: %(default)s)")
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=type(default), metavar=s.name.split(".")[-1].upper())
+            if s.choices:
+                kw.update(choices=s.choices, metavar=None)
+        group.add_argument(s.flag, *_ALIASES.get(s.name, ()), **kw)
+
+
+def setting_values(args) -> dict:
+    """{setting name: value} from parsed `add_arguments` options."""
+    from .settings import SETTINGS
+
+    return {s.name: getattr(args, _dest(s.name)) for s in SETTINGS}
 
 
 def _error(msg: str) -> int:
@@ -176,23 +197,19 @@ def run(args) -> int:
     path = Path(args.path)
     if not path.exists():
         return _error(f"no such file or folder: {path}")
-    if args.stride < 1 or args.detect_interval < 1:
-        return _error("--stride and --detect-interval must be >= 1")
+    if args.stride < 1:
+        return _error("--stride must be >= 1")
     inputs = collect_inputs(path)
     if not inputs:
         return _error(f"no images or videos in {path} (looked for {', '.join(sorted(IMAGE_EXT | VIDEO_EXT))})")
-    if args.detector == "yunet" and not args.detector_model:
+
+    from .settings import build_pipeline
+
+    values = setting_values(args)
+    if values["detector"] == "yunet" and not values["detector.model"]:
         return _error("--detector yunet needs --detector-model PATH/face_detection_yunet_*.onnx")
-
-    from .pipeline import ExpressionPipeline
-    from .preprocess import Framing
-
-    detector_params = {"model": args.detector_model} if args.detector_model else None
     try:
-        pipe = ExpressionPipeline(detector=args.detector, tracking=not args.no_tracking, smoothing=args.smoothing,
-                                  framing=Framing(args.crop_scale) if args.crop_scale > 0 else None, max_faces=args.max_faces, min_face_size=args.min_face_size,
-                                  detector_params=detector_params, model_path=args.model, backend=args.backend,
-                                  detect_interval=args.detect_interval)
+        pipe = build_pipeline(values)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         return _error(str(exc))
 

@@ -241,6 +241,24 @@ class ExpressionClassifier:
         out = np.asarray(out, np.float32).reshape(len(x), len(LABELS))
         return out.reshape(len(views), len(faces), len(LABELS)).mean(0) if len(views) > 1 else out
 
+    def release_device(self) -> None:
+        """Give back the GPU (TensorRT: engine, buffers, CUDA context) while nothing is classified,
+        e.g. while a lifecycle node is inactive; `acquire_device` takes it again. No-op on a CPU."""
+        if hasattr(self._impl, "release"):
+            self._impl.release()
+
+    def acquire_device(self) -> None:
+        """Take the GPU again after `release_device`; on any TensorRT problem fall back to onnxruntime."""
+        if not hasattr(self._impl, "acquire"):
+            return
+        try:
+            self._impl.acquire()
+        except Exception as exc:  # noqa: BLE001 - never crash on TensorRT, fall back
+            log.warning("TensorRT backend unavailable again (%s: %s); falling back to onnxruntime",
+                        type(exc).__name__, exc)
+            self._impl = OnnxRuntimeBackend(self.model_path)
+            self.backend = self._impl.name
+
     def predict(self, faces) -> np.ndarray:
         """uint8 [N, 48, 48] -> float32 [N, 7] probabilities (rows sum to 1); N may be 0."""
         return softmax(self.predict_logits(faces).astype(np.float32, copy=True))

@@ -276,13 +276,29 @@ class TensorRTBackend:
         self.built = False  # True when this instance built the engine rather than loading it
         self._lock = threading.Lock()  # one set of device buffers: one call at a time
         self.context = self.engine = self.runtime = None
+        self._args = (cache_dir, fp16, device)
+        self._plan = None  # the serialized engine, kept so `acquire` never rebuilds
+        self.gpu = None
+        self.acquire()
+
+    def acquire(self) -> None:
+        """Take the GPU: retain the CUDA context, load the engine (the one in memory or the cache,
+        built when neither exists) and allocate the buffers. No-op while held."""
+        if self.gpu is not None and self.gpu.ctx is not None:
+            return
+        cache_dir, fp16, device = self._args
         self.gpu = CudaDevice(device)
         try:
             with self.gpu:
-                self._setup(trt, cache_dir, fp16)
+                self._setup(self.trt, cache_dir, fp16)
         except BaseException:
             self.close()
             raise
+
+    def release(self) -> None:
+        """Give the GPU back (engine, buffers, CUDA context) but keep the serialized engine, so
+        `acquire` takes it again in well under a second; `logits` raises until then."""
+        self.close()
 
     def _setup(self, trt, cache_dir, fp16: bool) -> None:
         self.fp16_route = fp16_route(trt, fp16)
@@ -317,10 +333,16 @@ class TensorRTBackend:
 
     def _load_or_build(self, key: dict):
         path = self.engine_path
+        if self._plan is not None:
+            engine = self.runtime.deserialize_cuda_engine(self._plan)
+            if engine is not None:
+                return engine
         if path.is_file():
-            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            data = path.read_bytes()
+            engine = self.runtime.deserialize_cuda_engine(data)
             if engine is not None:
                 log.info("loaded TensorRT engine %s", path)
+                self._plan = data
                 return engine
             log.warning("cached TensorRT engine %s does not load here; rebuilding", path)
         log.warning("building a %s TensorRT %s engine for %s (once per TensorRT version and GPU; may take a "
@@ -339,6 +361,7 @@ class TensorRTBackend:
         engine = self.runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise TensorRTError("TensorRT could not deserialize the engine it just built")
+        self._plan = data
         return engine
 
     def logits(self, x: np.ndarray) -> np.ndarray:

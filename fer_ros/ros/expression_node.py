@@ -32,6 +32,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from fer_ros.perception.pipeline import stamp_seconds
+from fer_ros.perception.settings import SETTINGS, build_pipeline
 from .image import image_msg_to_bgr, bgr_to_image_msg
 from .params import (AutostartLifecycleNode, Param, declare_params, key_values, publish_diagnostics_every,
                      qos_from_params, qos_params, recent_rate, run_node)
@@ -39,63 +40,7 @@ from .params import (AutostartLifecycleNode, Param, declare_params, key_values, 
 PARAMS = [
     Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
           "bgra8/rgba8, mono16, yuv422 are accepted).", read_only=True),
-    Param("detector", "default", "Face detector: 'default' (Haar on a 320 px wide copy: real time on a CPU), "
-          "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model) or 'whole' (the whole "
-          "image is one face: for inputs that are already face crops).", read_only=True),
-    Param("detector.model", "", "Path of the YuNet .onnx file (detector 'yunet').", read_only=True),
-    Param("detector.downscale_width", 320, "Detect on a copy resized to this width (0: full resolution). "
-          "Smaller is faster; faces must stay >= ~24 px there.", range=(0, 8192), read_only=True),
-    Param("detector.scale_factor", 1.1, "Haar: image pyramid step (> 1; larger is faster, misses more).",
-          range=(1.01, 2.0), read_only=True),
-    Param("detector.min_neighbors", 5, "Haar: overlapping detections needed to accept a face (higher: "
-          "fewer false faces, more missed ones).", range=(0, 50), read_only=True),
-    Param("detector.score_threshold", 0.6, "YuNet: minimum face score.", range=(0.0, 1.0), read_only=True),
-    Param("detect_interval", 30, "Scan the whole frame for faces every N frames; in between, re-detect only "
-          "around the known faces (Haar; much cheaper than a full scan, docs/core.md). A lost face triggers "
-          "a full scan on the next frame; a new face appears at most N-1 frames late (30: within 1 s at "
-          "30 FPS). Smaller N finds new faces sooner and costs latency. 1: full scan on every frame.",
-          range=(1, 1000), read_only=True),
-    Param("async_scan", False, "Run the periodic full-frame scans in a background thread, so no frame waits "
-          "for one (lower p95 latency; which frame a new face first appears in then depends on timing).",
-          read_only=True),
-    Param("min_face_size", 30, "Ignore faces whose shorter side is below this many image pixels (a "
-          "48x48 crop of a smaller face carries little expression).", range=(1, 4096), read_only=True),
-    Param("max_faces", 20, "Classify at most this many faces per frame (the largest), all in one batch.",
-          range=(1, 1000), read_only=True),
-    Param("hold_frames", 8, "Bridge short detection gaps: a face the detector misses (turned, a hand over "
-          "it) is searched for near its last box with a lower threshold and the profile cascade, and "
-          "otherwise kept, following it with optical flow, for up to this many frames before it counts "
-          "as gone. 0: off (a missed face is gone at once).", range=(0, 300), read_only=True),
-    Param("backend", "auto", "Classifier backend: 'auto' (TensorRT on an NVIDIA GPU when available, else "
-          "ONNX Runtime), 'onnxruntime', 'tensorrt' (falls back to onnxruntime on any engine problem) "
-          "or 'torch' (model_path is a training checkpoint).", read_only=True),
-    Param("classifier_threads", 0, "CPU threads of the classifier (onnxruntime/torch); 0: min(2, cores).",
-          range=(0, 256), read_only=True),
-    Param("flip_average", True, "Test-time averaging: also classify each face's mirror image (same batch) "
-          "and average the logits; doubles the classifier's batch (model card: accuracy per setting).",
-          read_only=True),
-    Param("crop_average", False, "Test-time averaging: also classify the centre and four corner crops of "
-          "90% side of each face (the crops the model was trained on) and average; with flip_average "
-          "12 views per face, 6x the classifier's batch (model card: accuracy per setting; on in "
-          "config/therapy.yaml).", read_only=True),
-    Param("model_path", "", "Expression model (.onnx, input [N,1,48,48] in [-1,1], output 7 logits); "
-          "empty: the model shipped in the package (fer_ros/models/fer_mobilenet_v1.onnx).", read_only=True),
-    Param("crop_scale", 0.0, "Side of the square face crop in detector-box sides; 0: the framing measured "
-          "for the detector (fer_ros.perception.preprocess.FRAMINGS), which matches the faces the model was trained on.",
-          range=(0.0, 3.0), read_only=True),
-    Param("crop_shift_y", 0.0, "With crop_scale > 0: move the crop down by this fraction of the box side.",
-          range=(-1.0, 1.0), read_only=True),
-    Param("tracking", True, "Keep a stable face_id per person across frames (and smooth their scores); "
-          "false: ids are 1..N per frame, raw scores.", read_only=True),
-    Param("smoothing", 0.6, "Temporal smoothing of each tracked face's probabilities: weight of the past "
-          "in an exponential moving average (0: none; 0.9: very smooth, slower to react).",
-          range=(0.0, 0.99), read_only=True),
-    Param("tracking.iou_threshold", 0.3, "Minimum box overlap (IoU) for a face to keep its track id from "
-          "one frame to the next.", range=(0.01, 1.0), read_only=True),
-    Param("tracking.max_age_s", 1.0, "Seconds a face may be unseen before its id is retired (ids are "
-          "never reused).", range=(0.0, 3600.0), read_only=True),
-    Param("tracking.max_age_frames", 30, "The same in frames, used for images without a stamp.",
-          range=(0, 100000), read_only=True),
+    *(Param(s.name, s.default, s.description, s.range, read_only=True) for s in SETTINGS),
     Param("autostart", True, "Configure and activate the lifecycle node at start (ros2 run, fer-ros launch); "
           "false: wait for lifecycle transitions (`ros2 launch` sends them, or `ros2 lifecycle set`).",
           read_only=True),
@@ -108,39 +53,6 @@ PARAMS = [
     *qos_params("qos", "best_effort", 1, "the image subscription (depth 1 = newest frame only)"),
     *qos_params("output_qos", "reliable", 10, "faces/expressions and faces/image_annotated"),
 ]
-
-# Detector parameters each detector takes (the others are ignored for it).
-_DETECTOR_KEYS = {"default": ("downscale_width", "scale_factor", "min_neighbors"),
-                  "haar": ("downscale_width", "scale_factor", "min_neighbors"),
-                  "yunet": ("model", "downscale_width", "score_threshold"),
-                  "whole": ()}
-
-
-def build_pipeline(p: dict):
-    """ExpressionPipeline from the node's parameter values (ValueError/FileNotFoundError when unusable)."""
-    from fer_ros.perception.pipeline import ExpressionPipeline
-
-    name = p["detector"]
-    if name not in _DETECTOR_KEYS:
-        raise ValueError(f"unknown detector {name!r}: use one of {', '.join(_DETECTOR_KEYS)}")
-    det_params = {k: p[f"detector.{k}"] for k in _DETECTOR_KEYS[name]}
-    if name == "yunet" and not det_params["model"]:
-        raise ValueError("detector 'yunet' needs detector.model (path of face_detection_yunet_*.onnx)")
-    if "downscale_width" in det_params:
-        det_params["downscale_width"] = det_params["downscale_width"] or None
-    from fer_ros.perception.classifier import ExpressionClassifier
-    from fer_ros.perception.preprocess import Framing
-
-    classifier = ExpressionClassifier(p["model_path"] or None, backend=p["backend"],
-                                      threads=p["classifier_threads"] or None, flip_average=p["flip_average"],
-                                      crop_average=p["crop_average"])
-    return ExpressionPipeline(
-        detector=name, detector_params=det_params, classifier=classifier, detect_interval=p["detect_interval"],
-        async_scan=p["async_scan"], tracking=p["tracking"], smoothing=p["smoothing"],
-        framing=Framing(p["crop_scale"], 0.0, p["crop_shift_y"]) if p["crop_scale"] > 0 else None,
-        max_faces=p["max_faces"], min_face_size=p["min_face_size"], hold_frames=p["hold_frames"],
-        iou_threshold=p["tracking.iou_threshold"],
-        max_age_s=p["tracking.max_age_s"], max_age_frames=p["tracking.max_age_frames"])
 
 
 def results_to_msg(results, header, width: int, height: int):
@@ -163,7 +75,8 @@ def results_to_msg(results, header, width: int, height: int):
 class ExpressionNode(AutostartLifecycleNode):
     """The expression node, an rclpy lifecycle node: configure builds the pipeline (detector,
     model, engine) and the publishers; activate subscribes and starts the worker; deactivate
-    stops processing; cleanup frees the pipeline. With `autostart` (default) it configures
+    stops processing and gives the GPU back (TensorRT: engine, buffers, CUDA context; activate
+    takes it again from the engine kept in memory); cleanup frees the pipeline. With `autostart` (default) it configures
     and activates itself at start. In-process use (tests, fast bag replay):
 
         node = ExpressionNode(params={"backend": "onnxruntime"}, subscribe=False)
@@ -223,6 +136,9 @@ class ExpressionNode(AutostartLifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         ret = super().on_activate(state)  # enables the lifecycle publishers
+        if self.pipeline is not None:
+            self.pipeline.classifier.acquire_device()  # after a deactivate (TensorRT): engine from memory
+            self.backend = str(self.pipeline.classifier.backend)
         if self.subscribe:
             self._stop = False
             events = SubscriptionEventCallbacks(message_lost=self._on_lost)
@@ -236,7 +152,11 @@ class ExpressionNode(AutostartLifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
-        self.get_logger().info("inactive: not processing images")
+        with self._process_lock:  # no frame is in the classifier now
+            if self.pipeline is not None:
+                self.pipeline.classifier.release_device()  # TensorRT: the GPU context goes back; no-op on a CPU
+        self.get_logger().info("inactive: not processing images" + (
+            ", GPU released" if self.backend == "tensorrt" else ""))
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
