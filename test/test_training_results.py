@@ -89,3 +89,24 @@ def test_paper_tables_from_seed_runs(tmp_path):
     assert [r["commit"] for r in ck["runs"]] == ["abc1234"] * 2
     assert res["cross_jaffe_to_ckplus6"]["mean"] == pytest.approx(50.0)
     assert "jaffe_random_5fold" not in res  # nothing given, nothing claimed
+
+
+def test_sweep_groups_runs_by_setting(tmp_path):
+    """`training.results sweep`: one mean ± sd per setting of the given config keys (the centre-loss
+    lambda sweep), from the runs' own result files."""
+    from training import results as R
+
+    runs = []
+    for lam, red, seed, acc in [(0.001, "mean", 0, 0.8), (0.001, "mean", 1, 0.9), (0.1, "sum", 0, 0.5)]:
+        d = tmp_path / f"r_{lam}_{red}_{seed}"
+        _write(d, {"kind": "cross", "test": {"accuracy": acc}, "command": "c", "commit": "k",
+                   "config": {"seed": seed, "center_lambda": lam, "center_reduction": red}})
+        runs.append(str(d))
+    out = tmp_path / "sweep.json"
+    assert R.main(["sweep", *runs, "--keys", "center_lambda", "center_reduction", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    first, second = res["settings"]
+    assert (first["center_lambda"], first["center_reduction"], first["n_runs"]) == (0.001, "mean", 2)
+    assert first["mean"] == pytest.approx(85.0) and first["sd"] == pytest.approx(5.0)
+    assert (second["center_lambda"], second["mean"]) == (0.1, 50.0)
+    assert res["command"].startswith("python -m training.results sweep")

@@ -205,10 +205,38 @@ def paper_tables(fer_card: Path | None, groups: dict) -> dict:
     return out
 
 
+def sweep(runs: list[Path], keys: list[str]) -> dict:
+    """Runs grouped by the values of config `keys` (e.g. center_lambda, center_reduction): per
+    setting the mean and sd over its runs (seeds) in percent, with each run's command and commit."""
+    groups: dict = {}
+    for p in runs:
+        r = json.loads((Path(p) / "result.json").read_text())
+        setting = tuple(r["config"].get(k) for k in keys)
+        groups.setdefault(setting, []).append(Path(p))
+    rows = []
+    for setting, paths in sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
+        rows.append({**dict(zip(keys, setting)), **paper_entry(paths)})
+    return {"keys": keys, "settings": rows}
+
+
 def main(argv=None) -> int:
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:
+        ap = argparse.ArgumentParser(prog="python -m training.results sweep",
+                                     description="one figure per setting of --keys over finished runs")
+        ap.add_argument("runs", nargs="+", help="run folders (CV or cross-dataset runs of one kind)")
+        ap.add_argument("--keys", nargs="+", required=True, help="config keys that define a setting")
+        ap.add_argument("--out", required=True)
+        a = ap.parse_args(argv[1:])
+        res = sweep([Path(r) for r in a.runs], a.keys)
+        res["command"] = "python -m training.results " + " ".join(argv)
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        for row in res["settings"]:
+            setting = ", ".join(f"{k}={row[k]}" for k in a.keys)
+            print(f"{setting}: {row['mean']:.2f} ± {row['sd']:.2f} ({row['n_runs']} runs)")
+        return 0
     if argv[:1] == ["paper"]:
         ap = argparse.ArgumentParser(prog="python -m training.results paper",
                                      description="write docs/results/paper_tables.json from finished runs")
