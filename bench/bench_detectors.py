@@ -18,7 +18,8 @@ run `ExpressionPipeline.detect` frame after frame (full scans every `detect_inte
 re-detection near the known faces in between, held boxes through short misses); the other
 rows run the detector alone on every frame.
 
-Optional candidates run when importable: MTCNN (facenet-pytorch) and MediaPipe BlazeFace;
+Optional candidates run when importable: the "mtcnn" detector (PyPI mtcnn's weights), MTCNN
+(facenet-pytorch) and MediaPipe BlazeFace;
 YuNet when the shared model exists. Slow ones run on every --slow-stride-th video frame.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/bench_detectors.py [--only NAME ...]
@@ -144,6 +145,7 @@ def candidates(shared: Path):
     yunet = shared / "models" / "face_detection_yunet_2026may.onnx"
     if yunet.is_file():
         out["yunet@320 scan (user model)"] = lambda: detector_candidate(make_detector("yunet", model=str(yunet)))
+    out["mtcnn@320 (pip mtcnn 1.0.0, torch)"] = lambda: detector_candidate(make_detector("mtcnn"))
     out["mtcnn (facenet-pytorch)"] = lambda: detector_candidate(MTCNNDetector())
     out["blazeface (mediapipe)"] = lambda: detector_candidate(BlazeFaceDetector())
     return out

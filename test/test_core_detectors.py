@@ -106,7 +106,7 @@ def test_tiny_and_tiny_frames(default):
 
 def test_bad_names_and_paths(tmp_path):
     with pytest.raises(ValueError, match="unknown detector"):
-        make_detector("mtcnn")
+        make_detector("retinaface")
     with pytest.raises(ValueError, match="model path"):
         make_detector("yunet")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
@@ -158,3 +158,94 @@ def test_profile_cascade_and_a_looser_search_near_a_tilted_face(default):
     assert abs((img.shape[1] - flipped[0, 0] - flipped[0, 2]) - box[0, 0]) < 0.1 * box[0, 2]
     multi = both.detect(read("multi_face.jpg"))
     assert 4 <= len(multi) <= 5 and boxes_ok(multi, read("multi_face.jpg").shape)
+
+
+# ------------------------------------------------------------------ mtcnn (issue 16)
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    import importlib.util
+
+    if importlib.util.find_spec("mtcnn") is None:  # find_spec: importing mtcnn itself needs TensorFlow
+        pytest.skip("the PyPI package mtcnn (the mtcnn detector's weights) is not installed: pip install mtcnn")
+    try:
+        return make_detector("mtcnn")
+    except ImportError as exc:  # e.g. no torch
+        pytest.skip(str(exc))
+
+
+def iou(a, b) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_mtcnn_finds_all_five_faces_with_the_one_in_sunglasses(mtcnn):
+    """multi_face.jpg at full size: the five faces YuNet finds, one to one, including the man in
+    sunglasses (about 212, 61, 90x114) that Haar misses."""
+    img = read("multi_face.jpg")
+    model = str(need_shared(*YUNET))
+    _, ref = cv2.FaceDetectorYN.create(model, "", (img.shape[1], img.shape[0]), 0.6).detect(img)
+    assert ref is not None and len(ref) == 5
+    b = mtcnn.detect(img)
+    assert len(b) == 5 and boxes_ok(b, img.shape)
+    overlaps = np.array([[iou(m, r) for r in ref[:, :4]] for m in b[:, :4]])
+    assert (overlaps.max(1) > 0.4).all() and len(set(overlaps.argmax(1))) == 5
+    sunglasses = [212, 61, 90, 114]
+    assert max(iou(m, sunglasses) for m in b[:, :4]) > 0.5
+    assert len(mtcnn.detect(cv2.resize(img, (640, 480), interpolation=cv2.INTER_AREA))) == 5
+
+
+def test_mtcnn_single_face_and_no_false_faces(mtcnn):
+    img = read("single_face.jpg")
+    b = mtcnn.detect(img)
+    assert len(b) == 1 and boxes_ok(b, img.shape)
+    assert len(mtcnn.detect(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))) == 1  # gray frames work too
+    video = frames("no_face.mp4")
+    assert len(video) > 50
+    assert sum(len(mtcnn.detect(f)) > 0 for f in video[::8]) == 0
+
+
+def test_mtcnn_by_name_clone_and_parameters(mtcnn):
+    img = read("multi_face.jpg")
+    det = make_detector("mtcnn", downscale_width=320)
+    assert det.name == "mtcnn" and mtcnn.name == "mtcnn"
+    np.testing.assert_array_equal(det.clone().detect(img), det.detect(img))
+    np.testing.assert_array_equal(det.detect(img), mtcnn.detect(img))  # 320 is the default
+    assert len(make_detector("mtcnn", min_size=150).detect(img)) == 0  # all five faces are smaller
+    with pytest.raises(ValueError, match="empty"):
+        det.detect(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match="bad parameters"):
+        make_detector("mtcnn", min_neighbors=3)
+
+
+def test_mtcnn_weights_load_no_other_pickled_objects(mtcnn, tmp_path, monkeypatch):
+    """The weight files are pickles: only arrays are built from them, nothing callable."""
+    import pickle
+
+    import lz4.frame
+
+    import fer_ros.perception.mtcnn as M
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled a call",))
+
+    (tmp_path / "pnet.lz4").write_bytes(lz4.frame.compress(pickle.dumps([Evil()])))
+    monkeypatch.setattr(M, "weights_dir", lambda: tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+        M._read_keras_weights("pnet")
+
+
+def test_mtcnn_without_its_package_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    import fer_ros.perception.mtcnn as M
+
+    monkeypatch.setattr(M, "_CACHE", {})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mtcnn" else real(name, *a))
+    with pytest.raises(ImportError, match="pip install 'mtcnn"):
+        make_detector("mtcnn")

@@ -53,12 +53,12 @@ def test_analyze_options_come_from_the_settings():
     assert values["model_path"] == "m.onnx" and values["detector.model"] == "y.onnx"
     assert values["tracking.max_age_s"] == 2.0
     with pytest.raises(SystemExit):  # choices are enforced by the parser
-        _analyze_args("--detector", "mtcnn")
+        _analyze_args("--detector", "retinaface")
 
 
 def test_values_are_checked_against_type_range_and_choices():
     assert check_value("smoothing", 0) == 0.0 and isinstance(check_value("smoothing", 0), float)
-    for name, bad in [("smoothing", 1.5), ("detect_interval", 0), ("detector", "mtcnn"), ("async_scan", 1),
+    for name, bad in [("smoothing", 1.5), ("detect_interval", 0), ("detector", "retinaface"), ("async_scan", 1),
                       ("max_faces", "3")]:
         with pytest.raises(ValueError, match=name.split(".")[0]):
             check_value(name, bad)

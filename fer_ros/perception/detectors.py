@@ -6,11 +6,12 @@ works at internally. Every detector accepts gray, BGR and BGRA uint8 frames.
 - `haar`: the paper's Viola-Jones detector (OpenCV's bundled frontal-face cascade), with an
   option to run on a downscaled frame, which is what makes it real-time.
 - `yunet`: OpenCV's CNN detector `cv2.FaceDetectorYN`; the user gives the .onnx path.
+- `mtcnn`: MTCNN in torch with the weights of the PyPI package `mtcnn` (`pip install mtcnn`);
+  finds partly covered faces Haar misses, at about 1.4x a full Haar scan, but with no cheap
+  re-detection between scans (docs/core.md).
 - `whole`: the whole frame is one face, for inputs that are already face crops (FER-2013).
 - `default`: Haar on a frame downscaled to 320 px wide (see docs/core.md for the measurement
-  that chose it, bench/bench_detectors.py: of the candidates, only OpenCV's cascades install
-  from a registry with their weights into this environment; `profile=True` adds the profile
-  cascade).
+  that chose it, bench/bench_detectors.py; `profile=True` adds the profile cascade).
 """
 
 from __future__ import annotations
@@ -266,6 +267,50 @@ class YuNetDetector:
         return out[keep]
 
 
+class MTCNNDetector:
+    """MTCNN (P-Net -> R-Net -> O-Net), run in torch on the CPU with the weights of the PyPI
+    package `mtcnn` (fer_ros.perception.mtcnn; `pip install mtcnn`, TensorFlow not needed).
+    Finds partly covered faces (sunglasses) that Haar misses; about 1.4x the cost of a full
+    Haar scan at 320 px, and no `detect_near`, so the pipeline scans every frame (docs/core.md).
+
+    Parameters: min_size (input pixels; also where the pyramid starts, never below 12 px of
+    the detected copy), downscale_width (detect on a resized copy; None: full), scale_factor
+    and thresholds (P-Net, R-Net, O-Net face probability): mtcnn 1.0.0's defaults.
+    Score: O-Net's face probability (> thresholds[2]).
+    """
+
+    name = "mtcnn"
+
+    def __init__(self, min_size: int = 20, downscale_width: int | None = 320, scale_factor: float = 0.709,
+                 thresholds: tuple = (0.6, 0.7, 0.8)):
+        from .mtcnn import MTCNN  # torch and the mtcnn package's weights only when asked for
+
+        if min_size < 1:
+            raise ValueError(f"min_size must be >= 1, got {min_size}")
+        self._params = dict(min_size=min_size, downscale_width=downscale_width, scale_factor=scale_factor,
+                            thresholds=tuple(thresholds))
+        self.net = MTCNN(scale_factor=scale_factor, thresholds=thresholds)  # ImportError: pip install mtcnn
+        self.min_size = int(min_size)
+        self.downscale_width = int(downscale_width) if downscale_width else None
+
+    def clone(self) -> "MTCNNDetector":
+        """Another detector with the same parameters (the weights are shared, read-only)."""
+        return MTCNNDetector(**self._params)
+
+    def detect(self, frame) -> np.ndarray:
+        bgr = _to_bgr(_check_frame(frame))
+        small, f = _downscale(bgr, self.downscale_width)
+        boxes = self.net.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), max(12.0, self.min_size / f))
+        if len(boxes) == 0:
+            return EMPTY.copy()
+        out = np.empty((len(boxes), 5), np.float32)
+        out[:, 0], out[:, 1] = boxes[:, 0] * f, boxes[:, 1] * f
+        out[:, 2], out[:, 3] = (boxes[:, 2] - boxes[:, 0]) * f, (boxes[:, 3] - boxes[:, 1]) * f
+        out[:, 4] = boxes[:, 4]
+        keep = np.minimum(out[:, 2], out[:, 3]) >= self.min_size
+        return out[keep]
+
+
 class WholeImageDetector:
     """The whole frame is one face (score 1): for inputs that are already face crops."""
 
@@ -277,14 +322,14 @@ class WholeImageDetector:
         return np.array([[0, 0, w, h, 1.0]], np.float32)
 
 
-DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector, "whole": WholeImageDetector}
+DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector, "mtcnn": MTCNNDetector, "whole": WholeImageDetector}
 DEFAULT_DETECTOR = "haar"
 #: The default's parameters (chosen by bench/bench_pipeline.py, see docs/core.md).
 DEFAULT_PARAMS = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "downscale_width": 320}
 
 
 def make_detector(name: str = "default", **params):
-    """Build a detector by name: `haar`, `yunet`, `whole` or `default` (Haar on a 320 px frame).
+    """Build a detector by name: `haar`, `yunet`, `mtcnn`, `whole` or `default` (Haar on a 320 px frame).
 
     Extra keyword arguments are the detector's parameters; for `default` they override
     DEFAULT_PARAMS. Unknown names or parameters raise ValueError with the valid choices.

@@ -60,7 +60,7 @@ def stamp_seconds(stamp) -> float | None:
 class ExpressionPipeline:
     """Faces and expressions in BGR (or gray/BGRA) frames.
 
-    detector: a name for `make_detector` ("default", "haar", "yunet", "whole") or an object
+    detector: a name for `make_detector` ("default", "haar", "yunet", "mtcnn", "whole") or an object
         with `detect(frame) -> [K, 5]`; detector_params go to `make_detector`.
     classifier: an ExpressionClassifier (default: the shipped model, backend "auto"); or
         give model_path/backend to build one.
@@ -113,7 +113,7 @@ class ExpressionPipeline:
             raise ValueError(f"min_face_size must be >= 1, got {min_face_size}")
         if isinstance(detector, str):
             params = dict(detector_params or {})
-            if detector.lower() in ("default", "haar", "yunet"):
+            if detector.lower() in ("default", "haar", "yunet", "mtcnn"):
                 params.setdefault("min_size", int(min_face_size))
             detector = make_detector(detector, **params)
         elif not callable(getattr(detector, "detect", None)):

@@ -34,13 +34,15 @@ class Setting:
         return "--" + self.name.replace(".", "-").replace("_", "-")
 
 
-DETECTORS = ("default", "haar", "yunet", "whole")
+DETECTORS = ("default", "haar", "yunet", "mtcnn", "whole")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("detector", "default", "Face detector: 'default' (Haar on a 320 px wide copy: real time on a CPU), "
-            "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model) or 'whole' (the whole "
-            "image is one face: for inputs that are already face crops).", choices=DETECTORS),
+            "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model), 'mtcnn' (CNN with the "
+            "weights of the PyPI package mtcnn: finds partly covered faces Haar misses, but scans every frame; "
+            "pip install mtcnn) or 'whole' (the whole image is one face: for inputs that are already face "
+            "crops).", choices=DETECTORS),
     Setting("detector.model", "", "Path of the YuNet .onnx file (detector 'yunet')."),
     Setting("detector.downscale_width", 320, "Detect on a copy resized to this width (0: full resolution). "
             "Smaller is faster; faces must stay >= ~24 px there.", range=(0, 8192)),
@@ -102,6 +104,8 @@ OFFLINE = {"detect_interval": 1, "async_scan": False}
 DETECTOR_KEYS = {"default": ("downscale_width", "scale_factor", "min_neighbors"),
                  "haar": ("downscale_width", "scale_factor", "min_neighbors"),
                  "yunet": ("model", "downscale_width", "score_threshold"),
+                 # mtcnn keeps its own three thresholds (0.6/0.7/0.8); score_threshold's 0.6 is YuNet's.
+                 "mtcnn": ("downscale_width",),
                  "whole": ()}
 
 
