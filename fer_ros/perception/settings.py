@@ -131,7 +131,7 @@ def check_value(name: str, value):
     if s.range is not None and not isinstance(default, bool) and not s.range[0] <= value <= s.range[1]:
         raise ValueError(f"{name} must be within [{s.range[0]}, {s.range[1]}], got {value!r}")
     if s.choices is not None and value not in s.choices:
-        raise ValueError(f"{name} must be one of {', '.join(s.choices)}, got {value!r}")
+        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(s.choices)}")
     return value
 
 
