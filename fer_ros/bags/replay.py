@@ -13,7 +13,7 @@ import threading
 import time
 
 from fer_ros.bags.io import BagReader, BagWriter
-from fer_ros.perception.settings import BY_NAME, check_value
+from fer_ros.perception.settings import BY_NAME, fit_value
 from fer_ros.bags.messages import (ANNOTATED_TOPIC, EXPRESSIONS_TOPIC, EXPRESSIONS_TYPE, FRAMES_TOPIC,
                                    GROUND_TRUTH_TOPIC, HEADER_TYPE, IMAGE_TOPIC, IMAGE_TYPE, IMAGE_TYPES,
                                    STRING_TYPE, BagError, label_key, make_header, make_string, set_stamp,
@@ -70,23 +70,13 @@ def coerce_params(params: dict) -> dict:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise BagError(f"the expression node has no parameter {name!r}{hint}; it has: {', '.join(sorted(declared))}")
         default = declared[name].default
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise BagError(f"parameter {name} must be true or false, got {value!r}")
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            value = str(value)
-        elif type(value) is not type(default):
-            raise BagError(f"parameter {name} must be a {type(default).__name__}, got {value!r}")
-        limits = declared[name].range
-        if limits is not None and not isinstance(default, bool) and not limits[0] <= value <= limits[1]:
-            raise BagError(f"parameter {name} must be in [{limits[0]}, {limits[1]}], got {value!r}")
-        if name in BY_NAME:  # a pipeline setting: its choices too (detector, backend)
-            try:
-                value = check_value(name, value)
-            except ValueError as exc:
-                raise BagError(f"parameter {exc}") from None
+        if isinstance(default, str) and not isinstance(value, str):
+            value = str(value)  # `-p model_path:=123` arrives as a number
+        choices = BY_NAME[name].choices if name in BY_NAME else None  # pipeline settings: detector, backend
+        try:
+            value = fit_value(name, value, default, declared[name].range, choices)
+        except ValueError as exc:
+            raise BagError(f"parameter {exc}") from None
         out[name] = value
     return out
 

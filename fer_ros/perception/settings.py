@@ -114,13 +114,10 @@ def defaults() -> dict:
     return {s.name: s.default for s in SETTINGS}
 
 
-def check_value(name: str, value):
-    """`value` fitted to setting `name` (an int where a float is expected becomes a float);
-    ValueError naming the setting when the type, the range or the choice is wrong."""
-    s = BY_NAME.get(name)
-    if s is None:
-        raise ValueError(f"no pipeline setting {name!r}")
-    default = s.default
+def fit_value(name: str, value, default, range: tuple | None = None, choices: tuple | None = None):
+    """`value` fitted to a parameter with this `default` (its type), inclusive `range` and `choices`:
+    an int where a float is expected becomes a float; ValueError naming `name` when it does not fit.
+    Also checks the expression node's other parameters (bag replay)."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -128,11 +125,19 @@ def check_value(name: str, value):
         value = float(value)
     elif type(value) is not type(default):
         raise ValueError(f"{name} must be a {type(default).__name__}, got {value!r}")
-    if s.range is not None and not isinstance(default, bool) and not s.range[0] <= value <= s.range[1]:
-        raise ValueError(f"{name} must be within [{s.range[0]}, {s.range[1]}], got {value!r}")
-    if s.choices is not None and value not in s.choices:
-        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(s.choices)}")
+    if range is not None and not isinstance(default, bool) and not range[0] <= value <= range[1]:
+        raise ValueError(f"{name} must be in [{range[0]}, {range[1]}], got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
     return value
+
+
+def check_value(name: str, value):
+    """`value` fitted to setting `name` (`fit_value`); ValueError on an unknown name or a bad value."""
+    s = BY_NAME.get(name)
+    if s is None:
+        raise ValueError(f"no pipeline setting {name!r}")
+    return fit_value(name, value, s.default, s.range, s.choices)
 
 
 def resolve(values: dict | None = None) -> dict:
