@@ -12,8 +12,8 @@ BUILD := $(CURDIR)/build
 # Read-only data (datasets, media): $FER_SHARED, default ../shared beside the checkout.
 FER_SHARED ?= $(abspath $(CURDIR)/../shared)
 export FER_SHARED
-# Image topics between processes need Fast DDS's large-data transport.
-export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
+# Image topics between processes need Fast DDS's large-data transport (fer_ros/ros/dds.py says why).
+export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA?non_blocking=true
 export PATH := $(VENV)/bin:$(PATH)
 
 DEPS_STAMP := $(VENV)/.fer_ros_deps.stamp

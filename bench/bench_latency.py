@@ -31,6 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -79,7 +80,7 @@ def main() -> int:
 
     domain = random.randint(215, 232)  # DDS ports outside Linux's ephemeral range (ROS 2 "About Domain ID")
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    large_data_env(env)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     os.environ.update(ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS=env["FASTDDS_BUILTIN_TRANSPORTS"])
 

@@ -6,23 +6,25 @@ fer_ros/ros/node_set.py, which `fer-ros launch therapy` uses too.
 Topics are remappable: image_topic:=..., expressions_topic:=..., annotated_topic:=...
 expression_node is a lifecycle node: it starts with autostart false and this file configures it,
 then activates it once configured (as launch_ros' lifecycle example does). hri:=true adds the
-REP-155 bridge. `ros2 launch fer_ros therapy.launch.py --show-args` lists every argument.
+REP-155 bridge. FASTDDS_BUILTIN_TRANSPORTS defaults to fer_ros.ros.dds.TRANSPORTS for the nodes.
+`ros2 launch fer_ros therapy.launch.py --show-args` lists every argument.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
 from lifecycle_msgs.msg import Transition
 
+from fer_ros.ros.dds import ENV_VAR, TRANSPORTS
 from fer_ros.ros.node_set import CONFIG_NAME, LAUNCH_ARGUMENTS, NODES, PACKAGE, argument_defaults
 
 
@@ -33,6 +35,8 @@ def generate_launch_description():
                                      description="parameter YAML with one section per node")]
     actions += [DeclareLaunchArgument(name, default_value=defaults[name], description=description)
                 for name, (_, description) in LAUNCH_ARGUMENTS.items()]
+    # Images between the nodes: Fast DDS's large-data transport unless the user set one.
+    actions.append(SetEnvironmentVariable(ENV_VAR, EnvironmentVariable(ENV_VAR, default_value=TRANSPORTS)))
     for spec in NODES:
         overrides = {param: ParameterValue(LaunchConfiguration(arg), value_type=str)
                      for param, arg in spec.arguments}

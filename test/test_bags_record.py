@@ -23,9 +23,10 @@ from fer_ros.bags import messages as bags  # noqa: E402
 from fer_ros.bags import record as bag_record  # noqa: E402
 from fer_ros.ros.image import image_msg_to_array  # noqa: E402
 from fer_ros.msg import FaceExpression, FaceExpressionArray  # noqa: E402
+from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+large_data_env()
 
 
 def test_record_live_topics(tmp_path):

@@ -32,11 +32,12 @@ from fer_ros.bags import make  # noqa: E402
 from fer_ros.bags import messages as bags  # noqa: E402
 from fer_ros.bags import replay as bag_replay  # noqa: E402
 from fer_ros.ros.image import image_msg_to_array  # noqa: E402
+from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 from conftest import REPO, make_onnx_model, need_shared  # noqa: E402
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))  # keep parallel runs apart
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+large_data_env()
 T0 = 1_750_000_000_000_000_000
 CSV = "start_s,end_s,label\n0.0,1.0,happy\n1.0,1.8,neutral\n70,surprise\n"  # frames 54-69, 71 unlabelled
 

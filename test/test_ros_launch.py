@@ -21,6 +21,7 @@ import pytest
 from conftest import REPO, shared_dir
 
 from fer_ros.ros import node_set
+from fer_ros.ros.dds import TRANSPORTS, large_data_env
 
 LAUNCH_FILE = REPO / "launch" / "therapy.launch.py"
 
@@ -50,10 +51,12 @@ def stub_modules(share: Path) -> dict:
         "launch": mod("launch", LaunchDescription=lambda actions: Recorded("description", actions)),
         "launch.actions": mod("launch.actions", DeclareLaunchArgument=lambda name, **kw: Recorded("argument", name, **kw),
                               EmitEvent=lambda **kw: Recorded("emit", **kw),
-                              RegisterEventHandler=lambda handler: Recorded("handler", handler)),
+                              RegisterEventHandler=lambda handler: Recorded("handler", handler),
+                              SetEnvironmentVariable=lambda name, value: Recorded("setenv", name, value)),
         "launch.conditions": mod("launch.conditions", IfCondition=lambda value: Recorded("if", value)),
         "launch.events": mod("launch.events", matches_action=lambda action: Recorded("matches", action)),
-        "launch.substitutions": mod("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
+        "launch.substitutions": mod("launch.substitutions", LaunchConfiguration=LaunchConfiguration,
+                                    EnvironmentVariable=lambda name, **kw: Recorded("env", name, **kw)),
         "launch_ros": mod("launch_ros"),
         "launch_ros.actions": mod("launch_ros.actions", Node=lambda **kw: Recorded("node", **kw),
                                   LifecycleNode=lambda **kw: Recorded("node", lifecycle=True, **kw)),
@@ -173,6 +176,27 @@ def test_lifecycle_node_is_configured_then_activated_and_hri_is_optional(monkeyp
         launcher_plan(config, {"hri": "maybe"})
 
 
+def test_both_launchers_give_the_nodes_the_large_data_transport_unless_the_user_chose_one(monkeypatch, tmp_path):
+    description, _ = load_launch_description(monkeypatch, tmp_path)
+    actions = description.args[0]
+    setenv = [a for a in actions if a.kind == "setenv"]
+    assert len(setenv) == 1 and actions.index(setenv[0]) < min(i for i, a in enumerate(actions) if a.kind == "node")
+    name, value = setenv[0].args
+    assert name == value.args[0] == "FASTDDS_BUILTIN_TRANSPORTS" and value.kwargs == {"default_value": TRANSPORTS}
+    from fer_ros import cli
+    from fer_ros.ros import launcher
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError(kw["env"])))
+    for users, expected in ((None, TRANSPORTS), ("DEFAULT", "DEFAULT")):
+        if users is None:
+            monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
+        else:
+            monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", users)
+        with pytest.raises(RuntimeError) as started:
+            cli.main(["launch", "therapy", "--output", str(tmp_path / "run"), "--nodes", "camera_node"])
+        assert started.value.args[0]["FASTDDS_BUILTIN_TRANSPORTS"] == expected
+
+
 def test_argument_defaults_come_from_the_yaml(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("camera_node:\n  ros__parameters:\n    source: '2'\n"
@@ -207,7 +231,7 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
     annotated video and the JSON-lines results are written and the face is found."""
     # Apart from the other ROS tests' domains (1-100), and outside Linux's ephemeral port range
     # (32768-60999): domains 102-214 put DDS ports there, where other sockets can hold them.
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 232)), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    env = large_data_env(dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 232))))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--nodes", "camera_node,expression_node",
            "--duration", "12", "--record", "--output", str(out), "--backend", "onnxruntime"]

@@ -29,11 +29,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros import node_set  # noqa: E402
+from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 # Outside the other ROS tests' domains and Linux's ephemeral port range (see test_ros_launch).
 DOMAIN = random.randint(215, 232)
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # the probe, like the nodes
+large_data_env()  # the probe, like the nodes
 EXPRESSIONS = "/launch_test/expressions"
 
 
@@ -49,7 +50,7 @@ need_ros2_launch = pytest.mark.skipif(bool(_ros2_launch_missing()), reason=_ros2
 
 
 def env():
-    e = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    e = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN),
              PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     e["AMENT_PREFIX_PATH"] = sys.prefix  # where `make build` put fer_ros and the vendored packages
     e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")

@@ -20,11 +20,12 @@ from std_msgs.msg import Header  # noqa: E402
 
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
+from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 from conftest import ros_context  # noqa: E402
 
 DOMAIN = random.randint(101, 200)
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+large_data_env()
 NODE = "lifecycle_expression_node"
 TOPIC = "/lifecycle_test/image"
 
@@ -279,7 +280,7 @@ def test_4k_frames_across_processes_are_lost_unless_the_camera_downscales(ros, t
             camera = subprocess.Popen(
                 [sys.executable, "-m", "fer_ros.ros.camera_node", "--ros-args", "-p", f"source:={tmp_path}",
                  "-p", "rate:=10.0", "-p", f"max_width:={max_width}", "-r", "camera/image_raw:=/big/image"],
-                env=dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA"),
+                env=dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN)),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(12)
             camera.send_signal(2)

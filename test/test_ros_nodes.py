@@ -29,12 +29,13 @@ from std_msgs.msg import Header  # noqa: E402
 from fer_ros import LABELS  # noqa: E402
 from fer_ros.msg import FaceExpressionArray  # noqa: E402
 from fer_ros.ros.image import bgr_to_image_msg  # noqa: E402
+from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 from conftest import REPO, model_for_tests, need_shared, ros_context  # noqa: E402
 
 DOMAIN = random.randint(1, 100)
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)  # subprocesses too
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+large_data_env()
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ class RosContext:
     """rclpy.init once for the command (and shutdown only if we did it)."""
 
     def __enter__(self):
-        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # images > 64 kB across processes
+        from fer_ros.ros.dds import large_data_env
+
+        large_data_env()  # images > 64 kB across processes
         import rclpy
 
         from rclpy.signals import SignalHandlerOptions

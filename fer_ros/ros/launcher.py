@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import node_set
+from .dds import large_data_env
 
 
 def add_arguments(parser):
@@ -164,7 +165,7 @@ def run(args) -> int:
         values["session_log_dir"] = str(folder / "therapy_sessions")
 
     env = dict(os.environ)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # images between processes
+    large_data_env(env)  # images between processes
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
     # Children import fer_ros from where this one came from (checkout or install).
