@@ -125,6 +125,26 @@ def launched(tmp_path_factory):
         run.stop()
 
 
+def node_report(output: str) -> str:
+    """For a failure message: what each launched node's threads wait on (kernel wchan) and the
+    TCP connections with unsent or unread bytes, so a stalled transport shows up in CI logs."""
+    lines = []
+    for name, pid in re.findall(r"\[INFO\] \[(\w+)-\d+\]: process started with pid \[(\d+)\]", output):
+        try:
+            waits = sorted(Path(t, "wchan").read_text() or "-" for t in Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            lines.append(f"{name} [{pid}]: gone")
+            continue
+        lines.append(f"{name} [{pid}]: threads waiting on " + ", ".join(
+            f"{w} x{waits.count(w)}" for w in sorted(set(waits))))
+    try:
+        ss = subprocess.run(["ss", "-tnp"], capture_output=True, text=True, timeout=10).stdout.splitlines()
+        lines += [f"tcp {line}" for line in ss[1:] if line.split()[1:3] != ["0", "0"]] or ["tcp: no queued bytes"]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return "\n".join(lines)
+
+
 def collect(node, msg_type, topic, seconds, until=None):
     """Messages on `topic` during `seconds` after discovery, or fewer when `until(messages)` is
     true earlier (the machine may be loaded: wait for what is asked, not for a fixed time)."""
@@ -162,7 +182,8 @@ def test_ros2_launch_starts_the_nodes_with_arguments_remaps_and_an_active_expres
         if {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names:
             break
         time.sleep(0.5)
-    assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, names
+    assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, \
+        f"{names}\n{node_report(launched.output)}"
     results = collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 20)  # remapped
     assert len(results) >= 20, f"{len(results)} results in 30 s"
     assert sum(len(r.faces) == 1 for r in results) >= 0.8 * len(results)  # the demo's one face
@@ -223,20 +244,23 @@ def test_ros2_lifecycle_set_deactivates_the_expression_node(ros, launched):
     lifecycle_set("deactivate", "inactive")
     assert collect(ros, FaceExpressionArray, EXPRESSIONS, 2.0) == []
     lifecycle_set("activate", "active")
-    assert len(collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 10)) >= 10
+    assert len(collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 10)) >= 10, \
+        node_report(launched.output)
 
 
 @need_ros2_launch
 def test_ctrl_c_stops_every_node_of_ros2_launch_cleanly(launched):
     """Each node gets SIGINT twice (from the terminal and from launch): all exit with code 0."""
     launched.wait_for(r"active: expressions from")
+    before = node_report(launched.output)  # the nodes' state just before the Ctrl-C, for a failure
     rc = launched.ctrl_c()
     out = launched.output
     assert rc == 0, out[-6000:]
     started = set(re.findall(r"\[INFO\] \[(\w+)-\d+\]: process started", out))
     assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= started, started
     for name in started:
-        assert re.search(rf"\[INFO\] \[{name}-\d+\]: process has finished cleanly", out), f"{name}:\n{out[-6000:]}"
+        assert re.search(rf"\[INFO\] \[{name}-\d+\]: process has finished cleanly", out), \
+            f"{name}:\n{out[-6000:]}\nbefore Ctrl-C:\n{before}"
     assert "Traceback" not in out and "process has died" not in out, out[-6000:]
 
 
