@@ -146,6 +146,7 @@ def candidates(shared: Path):
     if yunet.is_file():
         out["yunet@320 scan (user model)"] = lambda: detector_candidate(make_detector("yunet", model=str(yunet)))
     out["mtcnn@320 (pip mtcnn 1.0.0, torch)"] = lambda: detector_candidate(make_detector("mtcnn"))
+    out["pipeline mtcnn (R-Net/O-Net between scans)"] = lambda: pipeline_candidate(detector="mtcnn")
     out["mtcnn (facenet-pytorch)"] = lambda: detector_candidate(MTCNNDetector())
     out["blazeface (mediapipe)"] = lambda: detector_candidate(BlazeFaceDetector())
     return out

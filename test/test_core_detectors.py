@@ -249,3 +249,52 @@ def test_mtcnn_without_its_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mtcnn" else real(name, *a))
     with pytest.raises(ImportError, match="pip install 'mtcnn"):
         make_detector("mtcnn")
+
+
+def test_mtcnn_follows_known_faces_between_full_scans(mtcnn):
+    """detect_near (R-Net and O-Net around the previous boxes, no pyramid) keeps the face of
+    single_face.mp4 (turning, a hand over the mouth) frame after frame, on the box a full scan
+    gives, and all five faces of multi_face.jpg, the one in sunglasses included; it does not
+    invent a face where there is none."""
+    video = frames("single_face.mp4")
+    boxes, kept, agree = mtcnn.detect(video[0]), 0, []
+    assert len(boxes) == 1
+    for f in video[1:]:
+        near = mtcnn.detect_near(f, boxes)
+        assert len(near) <= 1
+        if len(near):
+            assert boxes_ok(near, f.shape)
+            kept, boxes = kept + 1, near
+            full = mtcnn.detect(f)
+            if len(full):
+                agree.append(iou(near[0], full[0]))
+    assert kept >= 0.95 * (len(video) - 1), f"{kept} of {len(video) - 1}"
+    assert np.median(agree) > 0.7, np.median(agree)
+    img = read("multi_face.jpg")
+    scan = mtcnn.detect(img)
+    near = mtcnn.detect_near(img, scan)
+    assert len(near) == 5 and all(max(iou(s, n) for n in near[:, :4]) > 0.7 for s in scan[:, :4])
+    empty = frames("no_face.mp4")
+    h, w = empty[0].shape[:2]
+    guess = np.array([[w / 2 - 60, h / 2 - 60, 120, 120, 1.0]], np.float32)  # a face-sized box, no face
+    assert sum(len(mtcnn.detect_near(f, guess)) > 0 for f in empty[::8]) == 0
+    assert mtcnn.detect_near(img, np.zeros((0, 5), np.float32)).shape == (0, 5)
+
+
+def test_pipeline_with_mtcnn_scans_every_detect_interval_frames(mtcnn):
+    """With detect_near the pipeline runs MTCNN's full scan only every detect_interval frames,
+    as with Haar, and still has the face in (nearly) every frame."""
+    from fer_ros.perception.pipeline import ExpressionPipeline
+
+    class NoClassifier:  # detect() never classifies
+        model_path, backend = None, "none"
+
+    det = mtcnn.clone()
+    scans = []
+    full = det.detect
+    det.detect = lambda frame: scans.append(1) or full(frame)
+    pipe = ExpressionPipeline(detector=det, classifier=NoClassifier(), detect_interval=5)
+    video = frames("single_face.mp4")
+    found = [len(pipe.detect(f, i / 30.0)) for i, f in enumerate(video)]
+    assert sum(k == 1 for k in found) >= 0.95 * len(video), found
+    assert len(scans) <= len(video) / 5 + 3, f"{len(scans)} full scans for {len(video)} frames"

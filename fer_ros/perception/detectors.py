@@ -47,6 +47,11 @@ def _to_bgr(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported frame shape {frame.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
 
 
+def _xywh(boxes) -> np.ndarray:
+    """[K, >=4] boxes (x, y, w, h[, score]; K may be 0) as float64 [K, 4]."""
+    return np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)[:, :4]
+
+
 def _downscale(image: np.ndarray, width: int | None):
     """Shrink `image` to `width` px wide (never enlarge); return (image, factor to map back)."""
     w = image.shape[1]
@@ -187,7 +192,7 @@ class HaarDetector:
         gray = to_gray(_check_frame(frame))
         height, width = gray.shape
         found = []
-        for x, y, w, h in np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)[:, :4]:
+        for x, y, w, h in _xywh(boxes):
             side = max(w, h)
             x0, y0 = max(0, int(x - grow * side)), max(0, int(y - grow * side))
             x1, y1 = min(width, int(np.ceil(x + w + grow * side))), min(height, int(np.ceil(y + h + grow * side)))
@@ -270,8 +275,9 @@ class YuNetDetector:
 class MTCNNDetector:
     """MTCNN (P-Net -> R-Net -> O-Net), run in torch on the CPU with the weights of the PyPI
     package `mtcnn` (fer_ros.perception.mtcnn; `pip install mtcnn`, TensorFlow not needed).
-    Finds partly covered faces (sunglasses) that Haar misses; about 1.4x the cost of a full
-    Haar scan at 320 px, and no `detect_near`, so the pipeline scans every frame (docs/core.md).
+    Finds partly covered faces (sunglasses) that Haar misses; a full scan costs more than
+    Haar's, and between full scans `detect_near` follows the known faces with R-Net and O-Net
+    only (docs/core.md).
 
     Parameters: min_size (input pixels; also where the pyramid starts, never below 12 px of
     the detected copy), downscale_width (detect on a resized copy; None: full), scale_factor
@@ -300,7 +306,22 @@ class MTCNNDetector:
     def detect(self, frame) -> np.ndarray:
         bgr = _to_bgr(_check_frame(frame))
         small, f = _downscale(bgr, self.downscale_width)
-        boxes = self.net.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), max(12.0, self.min_size / f))
+        return self._rows(self.net.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), max(12.0, self.min_size / f)), f)
+
+    def detect_near(self, frame, boxes) -> np.ndarray:
+        """Re-detect faces only near known boxes [K, >=4] (x, y, w, h: the previous frame's
+        faces) with R-Net and O-Net (`MTCNN.refine`), so the pipeline scans the whole frame
+        only every `detect_interval` frames, as it does with Haar."""
+        known = _xywh(boxes)
+        if not len(known):
+            return EMPTY.copy()
+        bgr = _to_bgr(_check_frame(frame))
+        small, f = _downscale(bgr, self.downscale_width)
+        corners = np.concatenate([known[:, :2], known[:, :2] + known[:, 2:4]], 1) / f
+        return self._rows(self.net.refine(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), corners), f)
+
+    def _rows(self, boxes: np.ndarray, f: float) -> np.ndarray:
+        """MTCNN's (x1, y1, x2, y2, p) on the detected copy -> (x, y, w, h, p) in input pixels."""
         if len(boxes) == 0:
             return EMPTY.copy()
         out = np.empty((len(boxes), 5), np.float32)

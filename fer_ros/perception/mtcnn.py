@@ -262,18 +262,50 @@ class MTCNN:
         img = (rgb.astype(np.float32) - 127.5) / 128.0
         hgt, wid = img.shape[:2]
         with torch.inference_mode():
-            boxes = self._pnet_stage(img, min_face_size)
-            for size, net, thr, nms_thr, method in ((24, rnet, 1, 0.7, "union"), (48, onet, 2, 0.7, "min")):
-                if not len(boxes):
-                    break
-                patches = torch.from_numpy(crop_and_resize(img, boxes, size)).permute(0, 3, 1, 2)
-                offsets, prob = net(patches, self.nets["rnet" if size == 24 else "onet"])
-                boxes = _regress(boxes, offsets.numpy())
-                boxes[:, 4] = prob.numpy()
-                boxes = _nms(_by_score(boxes[boxes[:, 4] > self.thresholds[thr]]), nms_thr, method)
-                if size == 24:
-                    boxes = _square(boxes)
-        boxes = boxes.astype(np.float32)
+            boxes = self._refine_stages(img, self._pnet_stage(img, min_face_size))
+        return self._clip(boxes, hgt, wid)
+
+    def refine(self, rgb: np.ndarray, boxes: np.ndarray, shift: float = 0.15) -> np.ndarray:
+        """Faces again near known boxes [K, 4] (x1, y1, x2, y2), without the P-Net pyramid:
+        each box and its copies moved by `shift` of its side (and 15% larger or smaller) are
+        the proposals that R-Net and O-Net judge and regress, as in `detect`. A face that moved
+        less than about `shift` of its size since the boxes were found is found again; the
+        cost is a few small patches per face instead of a full scan."""
+        import torch
+
+        img = (rgb.astype(np.float32) - 127.5) / 128.0
+        hgt, wid = img.shape[:2]
+        known = _square(np.asarray(boxes, np.float64).reshape(-1, 4))
+        if not len(known):
+            return np.zeros((0, 5), np.float32)
+        side = (known[:, 2] - known[:, 0])[:, None]
+        cx, cy = (known[:, 0] + known[:, 2])[:, None] / 2, (known[:, 1] + known[:, 3])[:, None] / 2
+        moves = np.array([(0, 0, 1), (-1, 0, 1), (1, 0, 1), (0, -1, 1), (0, 1, 1), (0, 0, 0.85), (0, 0, 1.15)])
+        half = side * moves[None, :, 2] / 2
+        px, py = cx + moves[None, :, 0] * shift * side, cy + moves[None, :, 1] * shift * side
+        proposals = np.stack([px - half, py - half, px + half, py + half, np.ones_like(px)], -1).reshape(-1, 5)
+        with torch.inference_mode():
+            found = self._refine_stages(img, proposals)
+        return self._clip(found, hgt, wid)
+
+    def _refine_stages(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        import torch
+
+        for size, net, thr, nms_thr, method in ((24, rnet, 1, 0.7, "union"), (48, onet, 2, 0.7, "min")):
+            if not len(boxes):
+                break
+            patches = torch.from_numpy(crop_and_resize(img, boxes, size)).permute(0, 3, 1, 2)
+            offsets, prob = net(patches, self.nets["rnet" if size == 24 else "onet"])
+            boxes = _regress(boxes, offsets.numpy())
+            boxes[:, 4] = prob.numpy()
+            boxes = _nms(_by_score(boxes[boxes[:, 4] > self.thresholds[thr]]), nms_thr, method)
+            if size == 24:
+                boxes = _square(boxes)
+        return boxes
+
+    @staticmethod
+    def _clip(boxes: np.ndarray, hgt: int, wid: int) -> np.ndarray:
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, wid - 1)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, hgt - 1)
         return boxes

@@ -40,8 +40,8 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 SETTINGS: tuple[Setting, ...] = (
     Setting("detector", "default", "Face detector: 'default' (Haar on a 320 px wide copy: real time on a CPU), "
             "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model), 'mtcnn' (CNN with the "
-            "weights of the PyPI package mtcnn: finds partly covered faces Haar misses, but scans every frame; "
-            "pip install mtcnn) or 'whole' (the whole image is one face: for inputs that are already face "
+            "weights of the PyPI package mtcnn: finds partly covered faces Haar misses; full scans cost more than "
+            "Haar's; pip install mtcnn) or 'whole' (the whole image is one face: for inputs that are already face "
             "crops).", choices=DETECTORS),
     Setting("detector.model", "", "Path of the YuNet .onnx file (detector 'yunet')."),
     Setting("detector.downscale_width", 320, "Detect on a copy resized to this width (0: full resolution). "
