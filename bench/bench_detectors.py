@@ -191,7 +191,7 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
             print(f"{name:40s} not available: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}")
             continue
-        slow = ("mtcnn" in name or "blaze" in name) and not name.startswith("pipeline")
+        slow = ("mtcnn" in name or "blaze" in name) and not cand.stateful  # pipelines see every frame
         stride = a.slow_stride if slow else 1
         f1, _ = run_video(cand, single, 30.0, stride)
         f2, _ = run_video(cand, late, 26.5, stride)
