@@ -15,6 +15,11 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 
+from fer_ros.ros.teardown import bounded
+
+# Seconds a node may take to stop (its cleanup and the middleware's) before it exits anyway;
+# under the launch file's sigterm_timeout, so a hung middleware never needs SIGKILL.
+TEARDOWN_S = 10.0
 
 @dataclass(frozen=True)
 class Param:
@@ -174,11 +179,15 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
     clear line on stderr and exit code 2, not a traceback. `spin(node)` replaces rclpy.spin
     for nodes that decide themselves when they are finished.
     """
+    import faulthandler
     import sys
 
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr: the way to see where a
+    # node that does not stop (or does not answer) is waiting, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Installed before rclpy.init, which chains its own SIGINT handler to this one.
     signal.signal(signal.SIGINT, _interrupt_once())
     rclpy.init(args=args)
@@ -192,9 +201,11 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        # The node's own cleanup, then the middleware's, which may hang (see teardown.py).
+        with bounded(TEARDOWN_S):
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
         # Python resets SIGINT to the default (die, exit code -2) while it finalises, unless it is
         # ignored: a late second Ctrl-C must not turn a clean stop into a kill.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
