@@ -2,7 +2,7 @@
 network: a linear probe leaves the features alone, late-epoch averaging is the mean of those
 epochs' weights, interpolation lands between the start and the trained weights, the inner
 validation split never splits a sequence and never touches the test fold, and the two center
-loss reductions differ by exactly the batch size."""
+loss reductions differ by exactly the batch size; even batches leave no small remainder."""
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from training import data as D
 from training.experiments import inner_split
 from training.losses import CenterLoss
 from training.model import MobileNetV1
-from training.train import TrainConfig, train_model
+from training.train import TrainConfig, batch_edges, train_model
 from training.weights import WeightAverage, interpolate
 
 
@@ -104,3 +104,15 @@ def test_six_class_checkpoint_keeps_its_labels_as_an_initialisation(faces, tmp_p
     for i, c in enumerate(target):
         j = CK6.index(c)
         assert torch.equal(init.classifier.weight[i], model.classifier.weight[j])
+
+
+def test_even_batches_leave_no_small_remainder_where_the_default_leaves_a_few_faces():
+    # a JAFFE training fold less its inner validation split: 136 faces in batches of 64
+    assert np.diff(batch_edges(136, 64, even=False)).tolist() == [64, 64, 8]
+    assert np.diff(batch_edges(136, 64, even=True)).tolist() == [45, 46, 45]
+    assert batch_edges(129, 64, even=False) == [0, 64, 128]  # a remainder of one face is dropped
+    for n in (2, 63, 64, 65, 170, 28709):
+        edges = batch_edges(n, 64, even=True)
+        sizes = np.diff(edges)
+        assert edges[0] == 0 and edges[-1] == n and len(sizes) == -(-n // 64)
+        assert sizes.max() - sizes.min() <= 1 and sizes.max() <= 64

@@ -61,6 +61,8 @@ class TrainConfig:
     rotate: float = 0.0  # >0: also rotate training faces by up to this many degrees
     erase: float = 0.0  # >0: random erasing of one rectangle with this probability
     clip_grad: float = 0.0  # >0: clip the gradient's global norm to this
+    even_batches: bool = False  # split each epoch into equal batches instead of full ones and a remainder
+    # (a remainder of a few faces gets a full step at a high lr, with BatchNorm statistics of those few)
     select: str = "best"  # stage-1 CLI: keep the epoch with the best validation accuracy, or the "last"
     seed: int = 0
     device: str = "auto"
@@ -188,6 +190,17 @@ class _Losses:
             self.closs.update(feats, y, self.cfg.center_alpha)
 
 
+def batch_edges(n: int, batch: int, even: bool) -> list[int]:
+    """Where an epoch of n faces is cut into batches. even: ceil(n / batch) batches of equal
+    size (within 1); else full batches, then the remainder when it has at least 2 faces (a
+    single face cannot give BatchNorm statistics)."""
+    if even:
+        nb = -(-n // batch)
+        return [round(i * n / nb) for i in range(nb + 1)]
+    nb = n // batch + (1 if n % batch >= 2 else 0)
+    return [min(i * batch, n) for i in range(nb + 1)]
+
+
 def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg: TrainConfig, device, probe: bool,
                  desc: str, show: bool):
     """One pass over the augmented faces in `perm` order; returns (mean loss, accuracy)."""
@@ -195,8 +208,8 @@ def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg:
     if probe:  # linear probe: frozen features, BatchNorm statistics included
         model.features.eval()
     use_amp = cfg.amp and device.type == "cuda"
-    nb = len(perm) // cfg.batch + (1 if len(perm) % cfg.batch >= 2 else 0)
-    steps = range(nb)
+    edges = batch_edges(len(perm), cfg.batch, cfg.even_batches)
+    steps = range(len(edges) - 1)
     bar = None
     if show:
         from tqdm import tqdm
@@ -206,7 +219,7 @@ def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg:
     seen = 0
     perm_t = torch.from_numpy(perm).to(device)
     for b in steps:
-        idx = perm_t[b * cfg.batch:(b + 1) * cfg.batch]
+        idx = perm_t[edges[b]:edges[b + 1]]
         x = x_all[idx].float().unsqueeze(1).mul_(1 / 127.5).sub_(1.0)  # == preprocess.normalize
         x = x.contiguous(memory_format=torch.channels_last)
         y = labels_all[idx]
