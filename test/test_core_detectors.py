@@ -298,3 +298,21 @@ def test_pipeline_with_mtcnn_scans_every_detect_interval_frames(mtcnn):
     found = [len(pipe.detect(f, i / 30.0)) for i, f in enumerate(video)]
     assert sum(k == 1 for k in found) >= 0.95 * len(video), found
     assert len(scans) <= len(video) / 5 + 3, f"{len(scans)} full scans for {len(video)} frames"
+
+
+def test_mtcnn_patches_cut_from_the_frame_match_crop_and_resize(mtcnn):
+    """detect_near's patches (cut from the uint8 frame, resized by OpenCV) show what
+    crop_and_resize (detect's exact mtcnn 1.0 sampling) shows, and gray outside the frame."""
+    from fer_ros.perception.mtcnn import crop_and_resize, cut_patches
+
+    img = read("multi_face.jpg")
+    scan = mtcnn.detect(img)
+    boxes = np.c_[scan[:, :2], scan[:, :2] + scan[:, 2:4]]
+    rgb = (img[..., ::-1].astype(np.float32) - 127.5) / 128.0
+    for size, least in ((24, 0.85), (48, 0.9)):
+        cut, exact = cut_patches(img, boxes, size, bgr=True), crop_and_resize(rgb, boxes, size)
+        assert cut.shape == exact.shape == (5, size, size, 3) and cut.dtype == np.float32
+        corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(cut, exact)]
+        assert min(corr) > least, corr
+    half_out = cut_patches(img, np.array([[-50.0, 100.0, 50.0, 200.0]]), 24, bgr=True)[0]
+    assert np.abs(half_out[:, :11]).max() < 0.01 and half_out[:, 13:].std() > 0.02

@@ -315,10 +315,8 @@ class MTCNNDetector:
         known = _xywh(boxes)
         if not len(known):
             return EMPTY.copy()
-        bgr = _to_bgr(_check_frame(frame))
-        small, f = _downscale(bgr, self.downscale_width)
-        corners = np.concatenate([known[:, :2], known[:, :2] + known[:, 2:4]], 1) / f
-        return self._rows(self.net.refine(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), corners), f)
+        corners = np.concatenate([known[:, :2], known[:, :2] + known[:, 2:4]], 1)
+        return self._rows(self.net.refine(_to_bgr(_check_frame(frame)), corners, bgr=True), 1.0)
 
     def _rows(self, boxes: np.ndarray, f: float) -> np.ndarray:
         """MTCNN's (x1, y1, x2, y2, p) on the detected copy -> (x, y, w, h, p) in input pixels."""

@@ -231,6 +231,28 @@ def crop_and_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarr
     return out.astype(np.float32)
 
 
+REFINE_SCALES = np.array([1.0, 0.85, 1.15])  # MTCNN.refine's proposals: each known box, smaller, larger
+
+
+def cut_patches(image: np.ndarray, boxes: np.ndarray, size: int, bgr: bool = False) -> np.ndarray:
+    """[N, size, size, 3] float32 RGB patches in the networks' range of the pixel boxes
+    (x1, y1, x2, y2) of uint8 `image`: each box cut out (gray 128 outside the image, as
+    crop_and_resize's 0 after scaling) and resized with OpenCV (area when shrinking), one
+    patch at a time; for a few boxes much cheaper than crop_and_resize on a whole float frame."""
+    hgt, wid = image.shape[:2]
+    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(np.rint(np.asarray(boxes)[:, :4]).astype(int)):
+        w, h = max(x2 - x1, 1), max(y2 - y1, 1)
+        patch = np.full((h, w, 3), 128, np.uint8)
+        sx0, sy0, sx1, sy1 = max(x1, 0), max(y1, 0), min(x1 + w, wid), min(y1 + h, hgt)
+        if sx1 > sx0 and sy1 > sy0:
+            patch[sy0 - y1:sy1 - y1, sx0 - x1:sx1 - x1] = image[sy0:sy1, sx0:sx1]
+        out[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if w > size else cv2.INTER_LINEAR)
+    if bgr:
+        out = out[..., ::-1]
+    return (out.astype(np.float32) - 127.5) / 128.0
+
+
 class MTCNN:
     """The three networks and mtcnn 1.0.0's algorithm; `detect(rgb)` -> [K, 5] (x1, y1, x2, y2, score).
 
@@ -262,39 +284,37 @@ class MTCNN:
         img = (rgb.astype(np.float32) - 127.5) / 128.0
         hgt, wid = img.shape[:2]
         with torch.inference_mode():
-            boxes = self._refine_stages(img, self._pnet_stage(img, min_face_size))
+            boxes = self._refine_stages(lambda b, size: crop_and_resize(img, b, size), self._pnet_stage(img, min_face_size))
         return self._clip(boxes, hgt, wid)
 
-    def refine(self, rgb: np.ndarray, boxes: np.ndarray, shift: float = 0.15) -> np.ndarray:
+    def refine(self, image: np.ndarray, boxes: np.ndarray, bgr: bool = False) -> np.ndarray:
         """Faces again near known boxes [K, 4] (x1, y1, x2, y2), without the P-Net pyramid:
-        each box and its copies moved by `shift` of its side (and 15% larger or smaller) are
-        the proposals that R-Net and O-Net judge and regress, as in `detect`. A face that moved
-        less than about `shift` of its size since the boxes were found is found again; the
-        cost is a few small patches per face instead of a full scan."""
+        each box and copies 15% smaller and larger are the proposals that R-Net and O-Net judge
+        and regress, as in `detect`. Their patches are cut from `image` (uint8, RGB or `bgr`) at
+        its own resolution, so no frame-sized copy is made: a face that moved a fraction of its
+        size since the boxes were found is found again for a few small patches per face."""
         import torch
 
-        img = (rgb.astype(np.float32) - 127.5) / 128.0
-        hgt, wid = img.shape[:2]
         known = _square(np.asarray(boxes, np.float64).reshape(-1, 4))
         if not len(known):
             return np.zeros((0, 5), np.float32)
         side = (known[:, 2] - known[:, 0])[:, None]
         cx, cy = (known[:, 0] + known[:, 2])[:, None] / 2, (known[:, 1] + known[:, 3])[:, None] / 2
-        moves = np.array([(0, 0, 1), (-1, 0, 1), (1, 0, 1), (0, -1, 1), (0, 1, 1), (0, 0, 0.85), (0, 0, 1.15)])
-        half = side * moves[None, :, 2] / 2
-        px, py = cx + moves[None, :, 0] * shift * side, cy + moves[None, :, 1] * shift * side
-        proposals = np.stack([px - half, py - half, px + half, py + half, np.ones_like(px)], -1).reshape(-1, 5)
+        half = side * REFINE_SCALES[None, :] / 2
+        proposals = np.stack([cx - half, cy - half, cx + half, cy + half, np.ones_like(half)], -1).reshape(-1, 5)
         with torch.inference_mode():
-            found = self._refine_stages(img, proposals)
-        return self._clip(found, hgt, wid)
+            found = self._refine_stages(lambda b, size: cut_patches(image, b, size, bgr), proposals)
+        return self._clip(found, *image.shape[:2])
 
-    def _refine_stages(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _refine_stages(self, crop, boxes: np.ndarray) -> np.ndarray:
+        """R-Net then O-Net on `boxes` [N, 5]; crop(boxes, size) gives their [N, size, size, 3]
+        patches in the networks' range."""
         import torch
 
         for size, net, thr, nms_thr, method in ((24, rnet, 1, 0.7, "union"), (48, onet, 2, 0.7, "min")):
             if not len(boxes):
                 break
-            patches = torch.from_numpy(crop_and_resize(img, boxes, size)).permute(0, 3, 1, 2)
+            patches = torch.from_numpy(crop(boxes, size)).permute(0, 3, 1, 2)
             offsets, prob = net(patches, self.nets["rnet" if size == 24 else "onet"])
             boxes = _regress(boxes, offsets.numpy())
             boxes[:, 4] = prob.numpy()
