@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     shared = D.shared_path(a.shared)
     dets = {"haar": make_detector("default"),
-            "yunet": make_detector("yunet", model=shared / "models" / "face_detection_yunet_2026may.onnx")}
+            "yunet": make_detector("yunet", model=shared / "models" / "face_detection_yunet_2026may.onnx"),
+            "mtcnn": make_detector("mtcnn")}
     r = calibrate(shared, dets, a.n)
     try:
         r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
