@@ -134,19 +134,20 @@ class BlazeFaceDetector:
 
 def candidates(shared: Path):
     out = {
-        "pipeline default": lambda: pipeline_candidate(),
-        "pipeline before issue 16": lambda: pipeline_candidate(_PipelineBefore16, hold_frames=0),
-        "pipeline, hold_frames=0": lambda: pipeline_candidate(hold_frames=0),
-        "pipeline, full scan every frame": lambda: pipeline_candidate(detect_interval=1),
-        "haar@320 scan": lambda: detector_candidate(make_detector("default")),
-        "haar@320 + profile scan": lambda: detector_candidate(make_detector("default", profile=True)),
-        "pipeline haar+profile": lambda: pipeline_candidate(detector_params={"profile": True}),
+        "pipeline default (mtcnn)": lambda: pipeline_candidate(),
+        # Haar (the default until 3 Dec) and its variants
+        "pipeline haar": lambda: pipeline_candidate(detector="haar"),
+        "pipeline haar before issue 16": lambda: pipeline_candidate(_PipelineBefore16, detector="haar", hold_frames=0),
+        "pipeline haar, hold_frames=0": lambda: pipeline_candidate(detector="haar", hold_frames=0),
+        "pipeline haar, full scan every frame": lambda: pipeline_candidate(detector="haar", detect_interval=1),
+        "haar@320 scan": lambda: detector_candidate(make_detector("haar")),
+        "haar@320 + profile scan": lambda: detector_candidate(make_detector("haar", profile=True)),
+        "pipeline haar+profile": lambda: pipeline_candidate(detector="haar", detector_params={"profile": True}),
     }
     yunet = shared / "models" / "face_detection_yunet_2026may.onnx"
     if yunet.is_file():
         out["yunet@320 scan (user model)"] = lambda: detector_candidate(make_detector("yunet", model=str(yunet)))
     out["mtcnn@320 (pip mtcnn 1.0.0, torch)"] = lambda: detector_candidate(make_detector("mtcnn"))
-    out["pipeline mtcnn (R-Net/O-Net between scans)"] = lambda: pipeline_candidate(detector="mtcnn")
     out["mtcnn (facenet-pytorch)"] = lambda: detector_candidate(MTCNNDetector())
     out["blazeface (mediapipe)"] = lambda: detector_candidate(BlazeFaceDetector())
     return out

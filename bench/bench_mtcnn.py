@@ -33,7 +33,7 @@ def main() -> int:
     frame = cv2.resize(img, (640, 480), interpolation=cv2.INTER_AREA)
     print(f"640x480 frame from multi_face.jpg; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
           f"median of {a.runs} runs")
-    rows = [("haar (default, 320 px)", make_detector("default")),
+    rows = [("haar, 320 px", make_detector("haar")),
             ("mtcnn, downscale_width 320", make_detector("mtcnn", downscale_width=320)),
             ("mtcnn, full resolution", make_detector("mtcnn", downscale_width=0))]
     for name, det in rows:

@@ -14,8 +14,8 @@ YUNET = ("models", "face_detection_yunet_2026may.onnx")
 
 
 @pytest.fixture(scope="module")
-def default():
-    return make_detector("default")
+def haar():
+    return make_detector("haar")
 
 
 @pytest.fixture(scope="module")
@@ -30,34 +30,34 @@ def boxes_ok(b: np.ndarray, shape) -> bool:
 
 
 @pytest.mark.parametrize("size", [None, (640, 480)])
-def test_multi_face_photo(default, size):
+def test_multi_face_photo(haar, size):
     img = read("multi_face.jpg")
     if size:
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    b = default.detect(img)
+    b = haar.detect(img)
     assert 4 <= len(b) <= 5
     assert boxes_ok(b, img.shape)
 
 
-def test_single_face_photo(default):
+def test_single_face_photo(haar):
     img = read("single_face.jpg")
-    b = default.detect(img)
+    b = haar.detect(img)
     assert len(b) == 1 and boxes_ok(b, img.shape)
     # The face is in the upper-middle part of this portrait, and a plausible size.
     x, y, w, h = b[0, :4]
     assert 0.2 < (x + w / 2) / img.shape[1] < 0.8 and w > 0.15 * img.shape[1]
 
 
-def test_no_face_video(default):
+def test_no_face_video(haar):
     video = frames("no_face.mp4")
-    hits = sum(len(default.detect(f)) > 0 for f in video)
+    hits = sum(len(haar.detect(f)) > 0 for f in video)
     assert len(video) > 50 and hits <= 0.05 * len(video)
 
 
-def test_faces_only_after_the_face_enters(default):
+def test_faces_only_after_the_face_enters(haar):
     video = frames("noface_face.mov")
     cut = scene_cut(video)
-    found = [len(default.detect(f)) for f in video[::2]]
+    found = [len(haar.detect(f)) for f in video[::2]]
     idx = np.arange(0, len(video), 2)
     before, after = np.array(found)[idx < cut], np.array(found)[idx >= cut]
     assert 30 < cut < len(video) - 30
@@ -72,13 +72,13 @@ def test_yunet(yunet):
     assert sum(len(yunet.detect(f)) > 0 for f in frames("no_face.mp4")[::3]) <= 2
 
 
-def test_gray_bgra_and_odd_sizes_give_the_same_faces(default):
+def test_gray_bgra_and_odd_sizes_give_the_same_faces(haar):
     img = read("single_face.jpg")[:-1, :-3]  # odd width and height
-    ref = default.detect(img)
+    ref = haar.detect(img)
     assert len(ref) == 1
     for variant in (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.cvtColor(img, cv2.COLOR_BGR2BGRA),
                     cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]):
-        b = default.detect(variant)
+        b = haar.detect(variant)
         assert len(b) == 1 and np.abs(b[0, :4] - ref[0, :4]).max() < 2
 
 
@@ -95,13 +95,13 @@ def test_empty_frames_raise(name):
             det.detect(bad)
 
 
-def test_tiny_and_tiny_frames(default):
+def test_tiny_and_tiny_frames(haar):
     face = read("single_face.jpg")
     tiny = cv2.resize(face, (20, 20), interpolation=cv2.INTER_AREA)  # a 20 px frame: too small for a face
-    assert len(default.detect(tiny)) == 0
+    assert len(haar.detect(tiny)) == 0
     canvas = np.full((480, 640, 3), 128, np.uint8)
     canvas[200:216, 300:316] = cv2.resize(face, (16, 16), interpolation=cv2.INTER_AREA)
-    assert len(default.detect(canvas)) == 0  # far below min_size: ignored, no crash
+    assert len(haar.detect(canvas)) == 0  # far below min_size: ignored, no crash
 
 
 def test_bad_names_and_paths(tmp_path):
@@ -119,10 +119,10 @@ def test_bad_names_and_paths(tmp_path):
         HaarDetector(cascade=bad)
 
 
-def test_detect_near_follows_a_moving_face(default):
+def test_detect_near_follows_a_moving_face(haar):
     img = cv2.resize(read("multi_face.jpg"), (640, 480), interpolation=cv2.INTER_AREA)
-    full = default.detect(img)
-    near = default.detect_near(img, full)
+    full = haar.detect(img)
+    near = haar.detect_near(img, full)
     assert len(near) == len(full)
     # every face is found again at almost the same place
     for b in full:
@@ -130,29 +130,29 @@ def test_detect_near_follows_a_moving_face(default):
         assert d.min() < 0.2 * b[2]
     # shift the picture by 12 px: the faces are found at their new places
     shifted = np.roll(img, (8, 12), axis=(0, 1))
-    moved = default.detect_near(shifted, full)
+    moved = haar.detect_near(shifted, full)
     assert len(moved) >= len(full) - 1
     assert np.median(moved[:, 0]) > np.median(full[:, 0]) + 6
     # near boxes on empty background: nothing
-    assert len(default.detect_near(np.full_like(img, 90), full)) == 0
+    assert len(haar.detect_near(np.full_like(img, 90), full)) == 0
 
 
-def test_profile_cascade_and_a_looser_search_near_a_tilted_face(default):
+def test_profile_cascade_and_a_looser_search_near_a_tilted_face(haar):
     """A face tilted by 20 degrees: the full scan still finds it, the near search at the normal
     threshold loses it (what happened between scans), the looser one (the pipeline's rescue)
     finds it again in place; `profile` boxes from the mirror image map back onto the frame."""
     img = read("single_face.jpg")
-    box = default.detect(img)
+    box = haar.detect(img)
     assert len(box) == 1
     cx, cy = box[0, 0] + box[0, 2] / 2, box[0, 1] + box[0, 3] / 2
     rot = cv2.warpAffine(img, cv2.getRotationMatrix2D((float(cx), float(cy)), 20, 1.0), img.shape[1::-1],
                          borderMode=cv2.BORDER_REPLICATE)
-    assert len(default.detect_near(rot, box)) == 0
-    again = default.detect_near(rot, box, min_neighbors=2, profile=True)
+    assert len(haar.detect_near(rot, box)) == 0
+    again = haar.detect_near(rot, box, min_neighbors=2, profile=True)
     assert len(again) == 1 and boxes_ok(again, rot.shape)
     assert np.abs(again[0, :2] + again[0, 2:4] / 2 - [cx, cy]).max() < 0.15 * box[0, 2]
-    both = make_detector("default", profile=True)
-    assert both.clone().profile and not default.profile
+    both = make_detector("haar", profile=True)
+    assert both.clone().profile and not haar.profile
     flipped = both.detect(cv2.flip(img, 1))
     assert len(flipped) == 1
     assert abs((img.shape[1] - flipped[0, 0] - flipped[0, 2]) - box[0, 0]) < 0.1 * box[0, 2]
@@ -316,3 +316,24 @@ def test_mtcnn_patches_cut_from_the_frame_match_crop_and_resize(mtcnn):
         assert min(corr) > least, corr
     half_out = cut_patches(img, np.array([[-50.0, 100.0, 50.0, 200.0]]), 24, bgr=True)[0]
     assert np.abs(half_out[:, :11]).max() < 0.01 and half_out[:, 13:].std() > 0.02
+
+
+def test_default_is_mtcnn_at_320_px_and_haar_with_a_warning_without_it(mtcnn, monkeypatch):
+    """The default finds the covered face Haar misses; where MTCNN's packages are missing it
+    says so and is Haar, whose own name (and crop framing) the pipeline then uses."""
+    from fer_ros.perception import mtcnn as M
+
+    det = make_detector("default")
+    assert det.name == "mtcnn" and det.downscale_width == 320 and det.min_size == 30
+    assert len(det.detect(read("multi_face.jpg"))) == 5
+    assert make_detector("default", min_size=40).min_size == 40
+
+    def missing(name):
+        raise ImportError("the PyPI package mtcnn is not installed: pip install mtcnn")
+
+    monkeypatch.setattr(M, "load_weights", missing)
+    with pytest.warns(UserWarning, match="mtcnn unavailable .*pip install mtcnn.*using haar"):
+        fallback = make_detector("default")
+    assert fallback.name == "haar" and fallback.downscale_width == 320
+    with pytest.raises(ImportError):
+        make_detector("mtcnn")  # asked for by name: no silent substitute

@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/results/crop_calibration.json")
     a = ap.parse_args(argv)
     shared = D.shared_path(a.shared)
-    dets = {"haar": make_detector("default"),
+    dets = {"haar": make_detector("haar"),
             "yunet": make_detector("yunet", model=shared / "models" / "face_detection_yunet_2026may.onnx"),
             "mtcnn": make_detector("mtcnn")}
     r = calibrate(shared, dets, a.n)

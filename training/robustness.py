@@ -30,7 +30,7 @@ import numpy as np
 
 from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier
-from fer_ros.perception.preprocess import FRAMINGS, Framing, crop_square
+from fer_ros.perception.preprocess import Framing, crop_square, framing_for
 from training import data as D
 
 SCALES = (0.8, 0.9, 1.1, 1.2, 1.25, 1.3)
@@ -89,8 +89,9 @@ def fer_table(clf, faces, y) -> dict:
 
 
 def jaffe_faces(shared: Path):
-    """JAFFE's full images, their labels in LABELS order and the default detector's largest box
-    per image (None where it finds no face): detected once, cropped per framing below."""
+    """JAFFE's full images, their labels in LABELS order, the default detector's largest box
+    per image (None where it finds no face; detected once, cropped per framing below) and that
+    detector's measured framing."""
     from fer_ros.perception.detectors import make_detector
 
     d = np.load(shared / "data" / "jaffe.npz")
@@ -101,14 +102,14 @@ def jaffe_faces(shared: Path):
     for im in d["images"]:
         b = det.detect(im)
         boxes.append(b[np.argmax(b[:, 2] * b[:, 3]), :4] if len(b) else None)
-    return d["images"], y, boxes
+    return d["images"], y, boxes, framing_for(det.name)
 
 
 def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
     """7-class JAFFE accuracy through detector -> framed crop -> classifier (largest face)."""
     from fer_ros.perception.preprocess import crop_faces
 
-    images, y, boxes = jaffe
+    images, y, boxes = jaffe[:3]
     pred = np.full(len(y), -1)
     for i, (im, box) in enumerate(zip(images, boxes)):
         if box is not None:
@@ -146,7 +147,7 @@ def run(model, shared, views=(1, 2), limit: int = 0) -> dict:
         clf = ExpressionClassifier(model, backend=backend, flip_average=flip, crop_average=crops)
         r = {"publictest": fer_table(clf, faces, y)}
         if not limit:
-            r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, FRAMINGS["haar"])
+            r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, jaffe[3])
             r["jaffe_pipeline_old_crop"] = jaffe_pipeline(clf, jaffe, Framing(1.2))
             r["media"] = media(clf, shared)
         res["views"][str(v)] = r

@@ -72,8 +72,8 @@ class ExpressionPipeline:
     min_face_size: ignore faces smaller than this (pixels, shorter side).
     iou_threshold, max_age_s, max_age_frames: tracker parameters (see FaceTracker).
     detect_interval: scan the whole frame every N frames; in between, re-detect faces only
-        around the previous frame's faces (detectors with `detect_near`, i.e. Haar), which
-        is ~20x cheaper. A face that is lost between scans triggers a full scan on the next
+        around the previous frame's faces (detectors with `detect_near`: MTCNN, Haar), which
+        is much cheaper. A face that is lost between scans triggers a full scan on the next
         frame. While no face is known the whole frame is scanned every EMPTY_SCAN_INTERVAL
         frames (at most), so a child who walks in is found a frame late at most; a second face
         joining a known one appears at most N-1 frames late. 1 = full scan on every frame.

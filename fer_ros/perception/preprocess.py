@@ -98,16 +98,17 @@ class Framing:
 FRAMINGS = {
     "haar": Framing(1.06, 0.0, 0.01),
     "yunet": Framing(1.15, 0.01, -0.01),
+    "mtcnn": Framing(1.13, 0.01, -0.01),
     "whole": Framing(1.0, 0.0, 0.0),
 }
 
 
 def framing_for(detector_name: str | None) -> Framing:
-    """The measured framing for a detector name ("default" is Haar); identity when unknown.
-    "mtcnn" gets YuNet's framing (not measured for it: both give tight, landmark-trained boxes of
-    about the same extent, within a few pixels on docs' multi_face.jpg)."""
+    """The measured framing for a detector name; identity when unknown. "default" is MTCNN's
+    (detectors.DEFAULT_DETECTOR; the pipeline asks with the built detector's own name, so a
+    default that fell back to Haar gets Haar's)."""
     key = (detector_name or "default").lower()
-    key = {"default": "haar", "mtcnn": "yunet"}.get(key, key)
+    key = {"default": "mtcnn"}.get(key, key)
     return FRAMINGS.get(key, Framing())
 
 
