@@ -88,8 +88,8 @@ def fer_table(clf, faces, y) -> dict:
     return out
 
 
-def jaffe_faces(shared: Path):
-    """JAFFE's full images, their labels in LABELS order, the default detector's largest box
+def jaffe_faces(shared: Path, detector: str = "default"):
+    """JAFFE's full images, their labels in LABELS order, `detector`'s largest box
     per image (None where it finds no face; detected once, cropped per framing below) and that
     detector's measured framing."""
     from fer_ros.perception.detectors import make_detector
@@ -97,7 +97,7 @@ def jaffe_faces(shared: Path):
     d = np.load(shared / "data" / "jaffe.npz")
     names = [str(c) for c in d["class_names"]]
     y = np.array([LABELS.index(names[k]) for k in d["labels"]])
-    det = make_detector("default")
+    det = make_detector(detector)
     boxes = []
     for im in d["images"]:
         b = det.detect(im)
@@ -118,10 +118,10 @@ def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
             "n": int(len(y)), "framing": framing.to_dict()}
 
 
-def media(clf, shared: Path) -> dict:
+def media(clf, shared: Path, detector: str = "default") -> dict:
     from fer_ros.perception.pipeline import ExpressionPipeline
 
-    pipe = ExpressionPipeline(classifier=clf, tracking=False)
+    pipe = ExpressionPipeline(detector=detector, classifier=clf, tracking=False)
     out = {}
     for name, want in MEDIA_LABELS.items():
         img = cv2.imread(str(shared / "media" / name))
@@ -132,7 +132,7 @@ def media(clf, shared: Path) -> dict:
     return out
 
 
-def run(model, shared, views=(1, 2), limit: int = 0) -> dict:
+def run(model, shared, views=(1, 2), limit: int = 0, detector: str = "default") -> dict:
     shared = Path(shared)
     fer = D.load_fer2013(shared / "data" / "fer2013.npz")
     test = fer.subset(np.flatnonzero(fer.split == 1))
@@ -140,8 +140,8 @@ def run(model, shared, views=(1, 2), limit: int = 0) -> dict:
     if limit:
         faces, y = faces[:limit], y[:limit]
     backend = "torch" if str(model).endswith(".pt") else "onnxruntime"
-    res = {"model": str(model), "n_publictest": int(len(y)), "views": {}}
-    jaffe = jaffe_faces(shared) if not limit else None
+    res = {"model": str(model), "n_publictest": int(len(y)), "detector": detector, "views": {}}
+    jaffe = jaffe_faces(shared, detector) if not limit else None
     for v in views:
         flip, crops = VIEWS[v]
         clf = ExpressionClassifier(model, backend=backend, flip_average=flip, crop_average=crops)
@@ -149,7 +149,7 @@ def run(model, shared, views=(1, 2), limit: int = 0) -> dict:
         if not limit:
             r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, jaffe[3])
             r["jaffe_pipeline_old_crop"] = jaffe_pipeline(clf, jaffe, Framing(1.2))
-            r["media"] = media(clf, shared)
+            r["media"] = media(clf, shared, detector)
         res["views"][str(v)] = r
     return res
 
@@ -180,9 +180,10 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=sorted(VIEWS))
     ap.add_argument("--limit", type=int, default=0, help="only the first N PublicTest faces (and skip JAFFE, photos)")
     ap.add_argument("--shared", default=None)
+    ap.add_argument("--detector", default="default", help="face detector for JAFFE and the photos (make_detector name)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args(argv)
-    res = run(a.model, D.shared_path(a.shared), a.views, a.limit)
+    res = run(a.model, D.shared_path(a.shared), a.views, a.limit, a.detector)
     cmd = "python -m training.robustness " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     res["command"] = cmd
     try:
