@@ -7,12 +7,12 @@ works at internally. Every detector accepts gray, BGR and BGRA uint8 frames.
   option to run on a downscaled frame, which is what makes it real-time.
 - `yunet`: OpenCV's CNN detector `cv2.FaceDetectorYN`; the user gives the .onnx path.
 - `mtcnn`: MTCNN in torch with the weights of the PyPI package `mtcnn` (`pip install mtcnn`);
-  finds partly covered and turned faces Haar misses; between full scans it follows known faces
-  with R-Net and O-Net only (`detect_near`), which costs less than Haar's re-detection.
+  finds partly covered faces Haar misses; between full scans it follows known faces with R-Net
+  and O-Net only (`detect_near`), and the pipeline then costs about what Haar's does, but its
+  full scans load a robot's CPU more (docs/core.md).
 - `whole`: the whole frame is one face, for inputs that are already face crops (FER-2013).
-- `default`: MTCNN on a frame downscaled to 320 px wide (see docs/core.md for the measurement
-  that chose it, bench/bench_detectors.py); Haar, with a warning, where torch or the `mtcnn`
-  package is not installed.
+- `default`: Haar on a frame downscaled to 320 px wide (see docs/core.md for the measurement
+  that chose it, bench/bench_detectors.py; `profile=True` adds the profile cascade).
 """
 
 from __future__ import annotations
@@ -343,40 +343,26 @@ class WholeImageDetector:
 
 
 DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector, "mtcnn": MTCNNDetector, "whole": WholeImageDetector}
-DEFAULT_DETECTOR = "mtcnn"
-#: The default's parameters (chosen with bench/bench_detectors.py, see docs/core.md).
-DEFAULT_PARAMS = {"min_size": 30, "downscale_width": 320}
-#: The default where DEFAULT_DETECTOR cannot be built (torch or the mtcnn package missing).
-FALLBACK_DETECTOR = "haar"
+DEFAULT_DETECTOR = "haar"
+#: The default's parameters (chosen by bench/bench_pipeline.py, see docs/core.md).
+DEFAULT_PARAMS = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "downscale_width": 320}
 
 
 def make_detector(name: str = "default", **params):
-    """Build a detector by name: `haar`, `yunet`, `mtcnn`, `whole` or `default` (MTCNN on a
-    320 px frame; Haar, with a warning, where MTCNN's packages are missing).
+    """Build a detector by name: `haar`, `yunet`, `mtcnn`, `whole` or `default` (Haar on a 320 px frame).
 
     Extra keyword arguments are the detector's parameters; for `default` they override
     DEFAULT_PARAMS. Unknown names or parameters raise ValueError with the valid choices.
-    The built detector's `name` says which one it is.
     """
     key = (name or "default").lower()
     if key == "default":
-        params = {**DEFAULT_PARAMS, **params}
-        try:
-            return _build(DEFAULT_DETECTOR, params)
-        except ImportError as exc:
-            import warnings
-
-            warnings.warn(f"default detector: {DEFAULT_DETECTOR} unavailable ({exc}); using {FALLBACK_DETECTOR}",
-                          stacklevel=2)
-            return _build(FALLBACK_DETECTOR, params)
-    if key not in DETECTORS:
+        cls, params = DETECTORS[DEFAULT_DETECTOR], {**DEFAULT_PARAMS, **params}
+    elif key in DETECTORS:
+        cls = DETECTORS[key]
+    else:
         raise ValueError(f"unknown detector {name!r}; choose one of: default, {', '.join(DETECTORS)}")
-    return _build(key, params)
-
-
-def _build(key: str, params: dict):
     try:
-        return DETECTORS[key](**params)
+        return cls(**params)
     except TypeError as exc:
         raise ValueError(f"bad parameters for the {key} detector: {exc}") from None
 
