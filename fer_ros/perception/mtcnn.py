@@ -284,7 +284,8 @@ class MTCNN:
         img = (rgb.astype(np.float32) - 127.5) / 128.0
         hgt, wid = img.shape[:2]
         with torch.inference_mode():
-            boxes = self._refine_stages(lambda b, size: crop_and_resize(img, b, size), self._pnet_stage(img, min_face_size))
+            proposals = self._pnet_stage(img, min_face_size)
+            boxes = self._refine_stages(lambda b, size: crop_and_resize(img, b, size), proposals)
         return self._clip(boxes, hgt, wid)
 
     def refine(self, image: np.ndarray, boxes: np.ndarray, bgr: bool = False) -> np.ndarray:
