@@ -134,8 +134,9 @@ class BlazeFaceDetector:
 
 def candidates(shared: Path):
     out = {
-        "pipeline default (haar)": lambda: pipeline_candidate(),
-        # Haar's variants
+        "pipeline default (mtcnn)": lambda: pipeline_candidate(),
+        # Haar (the default until 3 Dec) and its variants
+        "pipeline haar": lambda: pipeline_candidate(detector="haar"),
         "pipeline haar before issue 16": lambda: pipeline_candidate(_PipelineBefore16, detector="haar", hold_frames=0),
         "pipeline haar, hold_frames=0": lambda: pipeline_candidate(detector="haar", hold_frames=0),
         "pipeline haar, full scan every frame": lambda: pipeline_candidate(detector="haar", detect_interval=1),
@@ -147,7 +148,6 @@ def candidates(shared: Path):
     if yunet.is_file():
         out["yunet@320 scan (user model)"] = lambda: detector_candidate(make_detector("yunet", model=str(yunet)))
     out["mtcnn@320 (pip mtcnn 1.0.0, torch)"] = lambda: detector_candidate(make_detector("mtcnn"))
-    out["pipeline mtcnn (R-Net/O-Net between scans)"] = lambda: pipeline_candidate(detector="mtcnn")
     out["mtcnn (facenet-pytorch)"] = lambda: detector_candidate(MTCNNDetector())
     out["blazeface (mediapipe)"] = lambda: detector_candidate(BlazeFaceDetector())
     return out

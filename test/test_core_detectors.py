@@ -318,11 +318,29 @@ def test_mtcnn_patches_cut_from_the_frame_match_crop_and_resize(mtcnn):
     assert np.abs(half_out[:, :11]).max() < 0.01 and half_out[:, 13:].std() > 0.02
 
 
-def test_default_is_haar_at_320_px_and_mtcnn_crops_with_its_measured_framing(mtcnn):
-    """The default stays Haar (docs/core.md: MTCNN's full scans cost a robot's node its latency
-    target); a pipeline with detector mtcnn crops with MTCNN's own measured framing."""
+def test_default_is_mtcnn_at_320_px_and_haar_with_a_warning_without_it(mtcnn, monkeypatch):
+    """The default finds the covered face Haar misses, on one torch thread; where MTCNN's
+    packages are missing it says so and is Haar, whose own name (and crop framing) the pipeline
+    then uses. Asked for by name, mtcnn has no silent substitute."""
+    import torch
+
+    from fer_ros.perception import mtcnn as M
     from fer_ros.perception.preprocess import FRAMINGS, framing_for
 
     det = make_detector("default")
-    assert det.name == "haar" and det.downscale_width == 320
-    assert framing_for(mtcnn.name) == FRAMINGS["mtcnn"] != FRAMINGS["haar"] == framing_for("default")
+    assert det.name == "mtcnn" and det.downscale_width == 320 and det.min_size == 30 and det.threads == 1
+    before = torch.get_num_threads()
+    assert len(det.detect(read("multi_face.jpg"))) == 5
+    assert torch.get_num_threads() == before  # the process's own setting is left as it was
+    assert make_detector("default", min_size=40).min_size == 40
+    assert framing_for("default") == FRAMINGS["mtcnn"] != FRAMINGS["haar"]
+
+    def missing(name):
+        raise ImportError("the PyPI package mtcnn is not installed: pip install mtcnn")
+
+    monkeypatch.setattr(M, "load_weights", missing)
+    with pytest.warns(UserWarning, match="mtcnn unavailable .*pip install mtcnn.*using haar"):
+        fallback = make_detector("default")
+    assert fallback.name == "haar" and fallback.downscale_width == 320
+    with pytest.raises(ImportError):
+        make_detector("mtcnn")

@@ -110,7 +110,8 @@ def test_gray_bgra_odd_and_empty_frames(clf):
     assert len(ref) == 1
     for variant in (cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)):
         res = pipe.process(variant)
-        assert len(res) == 1 and np.abs(np.subtract(res[0].box, ref[0].box)).max() <= 2
+        # the same face: MTCNN (the default) sees colour, so a gray copy's box may move a little
+        assert len(res) == 1 and np.abs(np.subtract(res[0].box, ref[0].box)).max() <= 0.05 * ref[0].box[3]
     for bad in (None, np.zeros((0, 0, 3), np.uint8), np.zeros((480, 0, 3), np.uint8), np.zeros(5, np.uint8)):
         with pytest.raises(ValueError, match="empty|malformed"):
             pipe.process(bad)
@@ -205,8 +206,8 @@ def test_full_scans_every_interval_and_after_a_loss_gap_or_resize(clf):
 
 
 def test_crop_framing_is_the_detectors_measured_one_unless_given(clf):
-    assert ExpressionPipeline(classifier=clf).framing == FRAMINGS["haar"]  # default detector: Haar
-    assert ExpressionPipeline(detector="mtcnn", classifier=clf).framing == FRAMINGS["mtcnn"]
+    assert ExpressionPipeline(classifier=clf).framing == FRAMINGS["mtcnn"]  # default detector: MTCNN
+    assert ExpressionPipeline(detector="haar", classifier=clf).framing == FRAMINGS["haar"]
     assert ExpressionPipeline(detector="whole", classifier=clf).framing == FRAMINGS["whole"]
     own = Framing(1.3, 0.0, 0.05)
     assert ExpressionPipeline(classifier=clf, framing=own).framing == own

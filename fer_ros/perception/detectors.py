@@ -7,12 +7,13 @@ works at internally. Every detector accepts gray, BGR and BGRA uint8 frames.
   option to run on a downscaled frame, which is what makes it real-time.
 - `yunet`: OpenCV's CNN detector `cv2.FaceDetectorYN`; the user gives the .onnx path.
 - `mtcnn`: MTCNN in torch with the weights of the PyPI package `mtcnn` (`pip install mtcnn`);
-  finds partly covered faces Haar misses; between full scans it follows known faces with R-Net
-  and O-Net only (`detect_near`), and the pipeline then costs about what Haar's does, but its
-  full scans load a robot's CPU more (docs/core.md).
+  finds partly covered and turned faces Haar misses; between full scans it follows known faces
+  with R-Net and O-Net only (`detect_near`), which costs less than Haar's re-detection. Its
+  networks run on one torch thread (`threads`), leaving the other cores to the classifier.
 - `whole`: the whole frame is one face, for inputs that are already face crops (FER-2013).
-- `default`: Haar on a frame downscaled to 320 px wide (see docs/core.md for the measurement
-  that chose it, bench/bench_detectors.py; `profile=True` adds the profile cascade).
+- `default`: MTCNN on a frame downscaled to 320 px wide (see docs/core.md for the measurement
+  that chose it, bench/bench_detectors.py); Haar, with a warning, where torch or the `mtcnn`
+  package is not installed.
 """
 
 from __future__ import annotations
@@ -282,20 +283,26 @@ class MTCNNDetector:
 
     Parameters: min_size (input pixels; also where the pyramid starts, never below 12 px of
     the detected copy), downscale_width (detect on a resized copy; None: full), scale_factor
-    and thresholds (P-Net, R-Net, O-Net face probability): mtcnn 1.0.0's defaults.
+    and thresholds (P-Net, R-Net, O-Net face probability): mtcnn 1.0.0's defaults; threads:
+    torch threads while its networks run (0: torch's own setting). On a small CPU more than one
+    takes the cores the classifier and the camera need (docs/core.md: the node's latency).
     Score: O-Net's face probability (> thresholds[2]).
     """
 
     name = "mtcnn"
 
     def __init__(self, min_size: int = 20, downscale_width: int | None = 320, scale_factor: float = 0.709,
-                 thresholds: tuple = (0.6, 0.7, 0.8)):
-        from .mtcnn import MTCNN  # torch and the mtcnn package's weights only when asked for
+                 thresholds: tuple = (0.6, 0.7, 0.8), threads: int = 1):
+        from .mtcnn import MTCNN, torch_threads  # torch and the mtcnn package's weights only when asked for
 
         if min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {min_size}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
         self._params = dict(min_size=min_size, downscale_width=downscale_width, scale_factor=scale_factor,
-                            thresholds=tuple(thresholds))
+                            thresholds=tuple(thresholds), threads=threads)
+        self.threads = int(threads)
+        self._torch_threads = torch_threads
         self.net = MTCNN(scale_factor=scale_factor, thresholds=thresholds)  # ImportError: pip install mtcnn
         self.min_size = int(min_size)
         self.downscale_width = int(downscale_width) if downscale_width else None
@@ -307,7 +314,9 @@ class MTCNNDetector:
     def detect(self, frame) -> np.ndarray:
         bgr = _to_bgr(_check_frame(frame))
         small, f = _downscale(bgr, self.downscale_width)
-        return self._rows(self.net.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), max(12.0, self.min_size / f)), f)
+        with self._torch_threads(self.threads):
+            found = self.net.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), max(12.0, self.min_size / f))
+        return self._rows(found, f)
 
     def detect_near(self, frame, boxes) -> np.ndarray:
         """Re-detect faces only near known boxes [K, >=4] (x, y, w, h: the previous frame's
@@ -317,7 +326,9 @@ class MTCNNDetector:
         if not len(known):
             return EMPTY.copy()
         corners = np.concatenate([known[:, :2], known[:, :2] + known[:, 2:4]], 1)
-        return self._rows(self.net.refine(_to_bgr(_check_frame(frame)), corners, bgr=True), 1.0)
+        frame = _to_bgr(_check_frame(frame))
+        with self._torch_threads(self.threads):
+            return self._rows(self.net.refine(frame, corners, bgr=True), 1.0)
 
     def _rows(self, boxes: np.ndarray, f: float) -> np.ndarray:
         """MTCNN's (x1, y1, x2, y2, p) on the detected copy -> (x, y, w, h, p) in input pixels."""
@@ -343,26 +354,40 @@ class WholeImageDetector:
 
 
 DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector, "mtcnn": MTCNNDetector, "whole": WholeImageDetector}
-DEFAULT_DETECTOR = "haar"
-#: The default's parameters (chosen by bench/bench_pipeline.py, see docs/core.md).
-DEFAULT_PARAMS = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 30, "downscale_width": 320}
+DEFAULT_DETECTOR = "mtcnn"
+#: The default's parameters (chosen with bench/bench_detectors.py, see docs/core.md).
+DEFAULT_PARAMS = {"min_size": 30, "downscale_width": 320}
+#: The default where DEFAULT_DETECTOR cannot be built (torch or the mtcnn package missing).
+FALLBACK_DETECTOR = "haar"
 
 
 def make_detector(name: str = "default", **params):
-    """Build a detector by name: `haar`, `yunet`, `mtcnn`, `whole` or `default` (Haar on a 320 px frame).
+    """Build a detector by name: `haar`, `yunet`, `mtcnn`, `whole` or `default` (MTCNN on a
+    320 px frame; Haar, with a warning, where MTCNN's packages are missing).
 
     Extra keyword arguments are the detector's parameters; for `default` they override
     DEFAULT_PARAMS. Unknown names or parameters raise ValueError with the valid choices.
+    The built detector's `name` says which one it is.
     """
     key = (name or "default").lower()
     if key == "default":
-        cls, params = DETECTORS[DEFAULT_DETECTOR], {**DEFAULT_PARAMS, **params}
-    elif key in DETECTORS:
-        cls = DETECTORS[key]
-    else:
+        params = {**DEFAULT_PARAMS, **params}
+        try:
+            return _build(DEFAULT_DETECTOR, params)
+        except ImportError as exc:
+            import warnings
+
+            warnings.warn(f"default detector: {DEFAULT_DETECTOR} unavailable ({exc}); using {FALLBACK_DETECTOR}",
+                          stacklevel=2)
+            return _build(FALLBACK_DETECTOR, params)
+    if key not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of: default, {', '.join(DETECTORS)}")
+    return _build(key, params)
+
+
+def _build(key: str, params: dict):
     try:
-        return cls(**params)
+        return DETECTORS[key](**params)
     except TypeError as exc:
         raise ValueError(f"bad parameters for the {key} detector: {exc}") from None
 

@@ -17,6 +17,7 @@ R-Net's and O-Net's `Permute((2, 1, 3))` + `Flatten` sees the features in (W, H,
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import math
@@ -229,6 +230,24 @@ def crop_and_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarr
     out[(ys < 0) | (ys > hgt - 1)] = 0
     out.transpose(0, 2, 1, 3)[(xs < 0) | (xs > wid - 1)] = 0
     return out.astype(np.float32)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` (0: unchanged) while the block runs, then restored.
+    Concurrent callers (the pipeline's background scan) may briefly run with the other's count;
+    the process's own setting is what remains."""
+    import torch
+
+    before = torch.get_num_threads()
+    change = bool(n) and n != before
+    if change:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(before)
 
 
 REFINE_SCALES = np.array([1.0, 0.85, 1.15])  # MTCNN.refine's proposals: each known box, smaller, larger

@@ -104,10 +104,11 @@ FRAMINGS = {
 
 
 def framing_for(detector_name: str | None) -> Framing:
-    """The measured framing for a detector name ("default" is Haar, detectors.DEFAULT_DETECTOR);
-    identity when unknown."""
+    """The measured framing for a detector name; identity when unknown. "default" is MTCNN's
+    (detectors.DEFAULT_DETECTOR; the pipeline asks with the built detector's own name, so a
+    default that fell back to Haar gets Haar's)."""
     key = (detector_name or "default").lower()
-    key = {"default": "haar"}.get(key, key)
+    key = {"default": "mtcnn"}.get(key, key)
     return FRAMINGS.get(key, Framing())
 
 

@@ -38,11 +38,11 @@ DETECTORS = ("default", "haar", "yunet", "mtcnn", "whole")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("detector", "default", "Face detector: 'default' (Haar on a 320 px wide copy: real time on a CPU), "
-            "'haar' (Viola-Jones, the paper's), 'yunet' (CNN, needs detector.model), 'mtcnn' (CNN with the "
-            "weights of the PyPI package mtcnn: finds partly covered faces Haar misses; full scans cost more than "
-            "Haar's; pip install mtcnn) or 'whole' (the whole image is one face: for inputs that are already face "
-            "crops).", choices=DETECTORS),
+    Setting("detector", "default", "Face detector: 'default' (MTCNN on a 320 px wide copy, or Haar with a "
+            "warning where torch or the PyPI package mtcnn is missing), 'mtcnn' (CNN with the weights of the "
+            "PyPI package mtcnn, run in torch: finds partly covered and turned faces Haar misses), 'haar' "
+            "(Viola-Jones, the paper's; needs nothing beyond OpenCV), 'yunet' (CNN, needs detector.model) or "
+            "'whole' (the whole image is one face: for inputs that are already face crops).", choices=DETECTORS),
     Setting("detector.model", "", "Path of the YuNet .onnx file (detector 'yunet')."),
     Setting("detector.downscale_width", 320, "Detect on a copy resized to this width (0: full resolution). "
             "Smaller is faster; faces must stay >= ~24 px there.", range=(0, 8192)),
@@ -52,7 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
             "fewer false faces, more missed ones).", range=(0, 50)),
     Setting("detector.score_threshold", 0.6, "YuNet: minimum face score.", range=(0.0, 1.0)),
     Setting("detect_interval", 5, "Scan the whole frame for faces every N frames; in between, re-detect only "
-            "around the known faces (Haar; much cheaper than a full scan, docs/core.md). A lost face triggers "
+            "around the known faces (MTCNN, Haar; much cheaper than a full scan, docs/core.md). A lost face triggers "
             "a full scan on the next frame; a new face appears at most N-1 frames late. Smaller N finds new "
             "faces sooner and costs latency. 1: full scan on every frame.", range=(1, 1000)),
     Setting("async_scan", True, "Run the periodic full-frame scans in a background thread, so no frame waits "
@@ -101,7 +101,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 OFFLINE = {"detect_interval": 1, "async_scan": False}
 
 # Detector settings each detector takes (the others are ignored for it).
-DETECTOR_KEYS = {"default": ("downscale_width", "scale_factor", "min_neighbors"),
+DETECTOR_KEYS = {"default": ("downscale_width",),  # MTCNN's or, in its absence, Haar's
                  "haar": ("downscale_width", "scale_factor", "min_neighbors"),
                  "yunet": ("model", "downscale_width", "score_threshold"),
                  # mtcnn keeps its own three thresholds (0.6/0.7/0.8); score_threshold's 0.6 is YuNet's.

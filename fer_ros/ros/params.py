@@ -172,29 +172,41 @@ class AutostartLifecycleNode(LifecycleNode):
 
 
 def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=None,
-             spin=None) -> int:
+             finished=None) -> int:
     """The `main()` of every fer_ros node: init, build, spin until Ctrl-C or shutdown.
 
     A configuration mistake (one of `config_errors` raised while building the node) is one
-    clear line on stderr and exit code 2, not a traceback. `spin(node)` replaces rclpy.spin
-    for nodes that decide themselves when they are finished.
+    clear line on stderr and exit code 2, not a traceback. `finished(node)`, checked between
+    callbacks, lets a node decide itself when it is done.
     """
     import faulthandler
     import sys
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr: the way to see where a
     # node that does not stop (or does not answer) is waiting, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Installed before rclpy.init, which chains its own SIGINT handler to this one.
-    signal.signal(signal.SIGINT, _interrupt_once())
+    # Ctrl-C only raises a flag that the loop below checks between callbacks. A KeyboardInterrupt
+    # raised wherever the main thread happens to be can land inside rclpy's C++ (while a message
+    # is taken it came out as "RuntimeError: Unable to convert call argument"), and a terminal's
+    # Ctrl-C plus launch's forwarded one reach each node twice. Installed before rclpy.init,
+    # which chains its own SIGINT handler (it wakes the executor) to this one.
+    stop = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     rclpy.init(args=args)
     node = None
     try:
         node = make_node()
-        (spin or rclpy.spin)(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop and rclpy.ok() and not (finished and finished(node)):
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except Exception:  # noqa: BLE001 - shutting down while a message was being taken
+                if rclpy.ok() and not stop:
+                    raise
     except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
         pass
     except config_errors as exc:
@@ -210,20 +222,6 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
         # ignored: a late second Ctrl-C must not turn a clean stop into a kill.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
-
-
-def _interrupt_once():
-    """SIGINT handler raising KeyboardInterrupt the first time only. A terminal Ctrl-C reaches
-    every process of the group and `ros2 launch` forwards it again, so each node gets SIGINT
-    twice; the second must not interrupt destroy_node() (traceback, exit code -2)."""
-    seen = []
-
-    def handler(signum, frame):
-        if not seen:
-            seen.append(signum)
-            raise KeyboardInterrupt
-
-    return handler
 
 
 def publish_diagnostics_every(node, period: float, make_status) -> None:

@@ -17,7 +17,6 @@ import functools
 import sys
 import threading
 
-import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -312,20 +311,10 @@ class TherapyNode(Node):
         return super().destroy_node()
 
 
-def _spin_until_finished(node) -> None:
-    while rclpy.ok() and not node.finished:
-        try:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        except Exception:  # noqa: BLE001 - Ctrl-C shut ROS down while a message was being taken
-            if rclpy.ok():
-                raise
-            return
-
-
 def main(args=None) -> int:
     # bad configuration: say which setting
     return run_node("therapy_node", TherapyNode, (ValueError, ParameterException), args,
-                    spin=_spin_until_finished)
+                    finished=lambda node: node.finished)
 
 
 if __name__ == "__main__":
