@@ -183,35 +183,33 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
     import sys
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr: the way to see where a
     # node that does not stop (or does not answer) is waiting, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Ctrl-C only raises a flag that the loop below checks between callbacks. A KeyboardInterrupt
-    # raised wherever the main thread happens to be can land inside rclpy's C++ (while a message
-    # is taken it came out as "RuntimeError: Unable to convert call argument"), and a terminal's
-    # Ctrl-C plus launch's forwarded one reach each node twice. Installed before rclpy.init,
-    # which chains its own SIGINT handler (it wakes the executor) to this one.
-    stop = []
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
+    # Installed before rclpy.init, which chains its own SIGINT handler to this one.
+    interrupted = []
+    signal.signal(signal.SIGINT, _interrupt_once(interrupted))
     rclpy.init(args=args)
     node = None
     try:
         node = make_node()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop and rclpy.ok() and not (finished and finished(node)):
-            try:
-                executor.spin_once(timeout_sec=0.1)
-            except Exception:  # noqa: BLE001 - shutting down while a message was being taken
-                if rclpy.ok() and not stop:
-                    raise
+        if finished is None:
+            rclpy.spin(node)
+        else:
+            while rclpy.ok() and not finished(node):
+                rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
         pass
     except config_errors as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001
+        # The Ctrl-C's KeyboardInterrupt can surface from inside rclpy's C++ as another error
+        # (while a message was being taken: "RuntimeError: Unable to convert call argument").
+        if not interrupted and rclpy.ok():
+            raise
     finally:
         # The node's own cleanup, then the middleware's, which may hang (see teardown.py).
         with bounded(TEARDOWN_S):
@@ -222,6 +220,20 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
         # ignored: a late second Ctrl-C must not turn a clean stop into a kill.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
+
+
+def _interrupt_once(seen: list):
+    """SIGINT handler raising KeyboardInterrupt the first time only (recorded in `seen`). A
+    terminal Ctrl-C reaches every process of the group and `ros2 launch` forwards it again, so
+    each node gets SIGINT twice; the second must not interrupt destroy_node() (traceback, exit
+    code -2)."""
+
+    def handler(signum, frame):
+        if not seen:
+            seen.append(signum)
+            raise KeyboardInterrupt
+
+    return handler
 
 
 def publish_diagnostics_every(node, period: float, make_status) -> None:
