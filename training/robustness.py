@@ -88,28 +88,24 @@ def fer_table(clf, faces, y) -> dict:
     return out
 
 
-def jaffe_faces(shared: Path, detector: str = "default"):
-    """JAFFE's full images, their labels in LABELS order, `detector`'s largest box
-    per image (None where it finds no face; detected once, cropped per framing below) and that
-    detector's measured framing."""
-    from fer_ros.perception.detectors import make_detector
-
+def jaffe_faces(shared: Path, det):
+    """JAFFE's full images, their labels in LABELS order and detector `det`'s largest box per
+    image (None where it finds no face): detected once, cropped per framing below."""
     d = np.load(shared / "data" / "jaffe.npz")
     names = [str(c) for c in d["class_names"]]
     y = np.array([LABELS.index(names[k]) for k in d["labels"]])
-    det = make_detector(detector)
     boxes = []
     for im in d["images"]:
         b = det.detect(im)
         boxes.append(b[np.argmax(b[:, 2] * b[:, 3]), :4] if len(b) else None)
-    return d["images"], y, boxes, framing_for(det.name)
+    return d["images"], y, boxes
 
 
 def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
     """7-class JAFFE accuracy through detector -> framed crop -> classifier (largest face)."""
     from fer_ros.perception.preprocess import crop_faces
 
-    images, y, boxes = jaffe[:3]
+    images, y, boxes = jaffe
     pred = np.full(len(y), -1)
     for i, (im, box) in enumerate(zip(images, boxes)):
         if box is not None:
@@ -141,13 +137,18 @@ def run(model, shared, views=(1, 2), limit: int = 0, detector: str = "default") 
         faces, y = faces[:limit], y[:limit]
     backend = "torch" if str(model).endswith(".pt") else "onnxruntime"
     res = {"model": str(model), "n_publictest": int(len(y)), "detector": detector, "views": {}}
-    jaffe = jaffe_faces(shared, detector) if not limit else None
+    jaffe = framing = None
+    if not limit:
+        from fer_ros.perception.detectors import make_detector
+
+        det = make_detector(detector)
+        jaffe, framing = jaffe_faces(shared, det), framing_for(det.name)  # the built one's (a fallback's)
     for v in views:
         flip, crops = VIEWS[v]
         clf = ExpressionClassifier(model, backend=backend, flip_average=flip, crop_average=crops)
         r = {"publictest": fer_table(clf, faces, y)}
         if not limit:
-            r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, jaffe[3])
+            r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, framing)
             r["jaffe_pipeline_old_crop"] = jaffe_pipeline(clf, jaffe, Framing(1.2))
             r["media"] = media(clf, shared, detector)
         res["views"][str(v)] = r

@@ -21,6 +21,7 @@ from fer_ros.ros.teardown import bounded
 # under the launch file's sigterm_timeout, so a hung middleware never needs SIGKILL.
 TEARDOWN_S = 10.0
 
+
 @dataclass(frozen=True)
 class Param:
     """One node parameter: name, default (its type fixes the parameter type), description,
