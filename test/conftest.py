@@ -26,6 +26,16 @@ def need_shared(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_zombie_shared_memory():
+    """Before the ROS tests: remove Fast DDS shared-memory files of processes that died earlier
+    (an earlier run's SIGKILLed nodes), so that no participant here opens a dead port."""
+    from fer_ros.ros.dds import clean_zombie_shm
+
+    clean_zombie_shm()
+    yield
+
+
 @pytest.fixture
 def shared():
     return need_shared()

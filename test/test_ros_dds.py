@@ -1,5 +1,5 @@
 """The Fast DDS transport setting (fer_ros.ros.dds): Fast DDS parses it, and a user's own choice
-is kept by every launcher."""
+is kept by every launcher; shared-memory files of dead participants are removed, live ones kept."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
 
-from fer_ros.ros.dds import ENV_VAR, TRANSPORTS, large_data_env  # noqa: E402
+from fer_ros.ros.dds import ENV_VAR, TRANSPORTS, clean_zombie_shm, large_data_env  # noqa: E402
 
 PARTICIPANT = ("import rclpy; rclpy.init(); node = rclpy.create_node('dds_setting_check'); "
                "node.destroy_node(); rclpy.shutdown(); print('participant created')")
@@ -38,3 +38,50 @@ def test_a_misspelt_setting_is_what_fast_dds_reports():
 def test_a_users_own_setting_is_kept():
     assert large_data_env({ENV_VAR: "DEFAULT"})[ENV_VAR] == "DEFAULT"
     assert large_data_env({})[ENV_VAR] == TRANSPORTS
+
+
+def test_zombie_shared_memory_files_go_and_live_ones_stay(tmp_path):
+    """A segment whose lock nobody holds is removed with its port mutex; one whose lock is
+    held (its owner alive) and files that are not Fast DDS's stay."""
+    import fcntl
+
+    dead, live = "fastdds_0123456789abcdef", "fastdds_port7413"
+    for name in (dead, dead + "_el", live, live + "_el", f"sem.{live}_mutex", "other_el", "fastdds_port7411"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / f"sem.{dead}_mutex").write_bytes(b"x")
+    with open(tmp_path / (live + "_el"), "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert clean_zombie_shm(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live, live + "_el", f"sem.{live}_mutex", "other_el", "fastdds_port7411"])
+
+
+def test_a_killed_participant_leaves_files_that_the_cleaner_removes():
+    """The real thing: a participant killed with SIGKILL leaves its segment in /dev/shm; a
+    running one's files are never touched."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm: Fast DDS keeps no shared-memory files here")
+    env = dict(os.environ, **{ENV_VAR: TRANSPORTS, "ROS_DOMAIN_ID": str(random.randint(101, 200))})
+    code = ("import rclpy, sys, time; rclpy.init(); node = rclpy.create_node('zombie_check'); "
+            "print('up', flush=True); time.sleep(60)")
+    before = set(os.listdir("/dev/shm"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "up"
+        made = {n for n in set(os.listdir("/dev/shm")) - before if n.endswith("_el")}
+        assert made, "the participants made no shared-memory segment"
+        procs[0].kill()
+        procs[0].wait()
+        clean_zombie_shm()
+        left = set(os.listdir("/dev/shm"))
+        assert procs[1].poll() is None
+        gone = made - left
+        assert gone, "nothing of the killed participant was removed"
+        assert made & left, "the live participant's files were removed too"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        clean_zombie_shm()

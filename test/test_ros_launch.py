@@ -230,8 +230,9 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
     """`fer-ros launch therapy` end to end: demo camera -> expression node -> recorder; the
     annotated video and the JSON-lines results are written and the face is found."""
     # Apart from the other ROS tests' domains (1-100), and outside Linux's ephemeral port range
-    # (32768-60999): domains 102-214 put DDS ports there, where other sockets can hold them.
-    env = large_data_env(dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 232))))
+    # (32768-60999): domains 102-214 put DDS ports there, where other sockets can hold them;
+    # and apart from test_ros_launch_run's (224-232).
+    env = large_data_env(dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 223))))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--nodes", "camera_node,expression_node",
            "--duration", "12", "--record", "--output", str(out), "--backend", "onnxruntime"]

@@ -34,7 +34,7 @@ from fer_ros.ros.dds import large_data_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 # Outside the other ROS tests' domains and Linux's ephemeral port range (see test_ros_launch).
-DOMAIN = random.randint(215, 232)
+DOMAIN = random.randint(224, 232)  # test_ros_launch uses 215-223
 large_data_env()  # the probe, like the nodes
 EXPRESSIONS = "/launch_test/expressions"
 
@@ -155,6 +155,29 @@ def node_report(output: str) -> str:
     return "\n".join(lines)
 
 
+def stall_report(ros, launched) -> str:
+    """Why a probe got no expressions: what the nodes say they did (their /diagnostics, as the
+    probe receives them), whether a new participant (`ros2 topic echo --once`, another process)
+    receives the topic, and node_report. Tells "not publishing" from "not delivered to the probe"."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    lines = []
+    diags = collect(ros, DiagnosticArray, "/diagnostics", 8.0, until=lambda m: len(m) >= 4)
+    latest = {s.name: s for m in diags for s in m.status}
+    lines += [f"{name}: {s.message}; " + ", ".join(f"{kv.key}={kv.value}" for kv in s.values)
+              for name, s in sorted(latest.items())] or ["no /diagnostics reached the probe in 8 s"]
+    try:
+        echo = subprocess.run([str(BIN / "ros2"), "topic", "echo", "--once", "--no-daemon", EXPRESSIONS,
+                               "fer_ros/msg/FaceExpressionArray"], env=env(), capture_output=True, text=True,
+                              timeout=30)
+        lines.append(f"`ros2 topic echo --once {EXPRESSIONS}` in a new process: exit {echo.returncode}, "
+                     f"{len(echo.stdout)} characters received")
+    except subprocess.TimeoutExpired:
+        lines.append(f"`ros2 topic echo --once {EXPRESSIONS}` in a new process: nothing in 30 s")
+    lines.append(f"probe sees {ros.count_publishers(EXPRESSIONS)} publisher(s) of {EXPRESSIONS}")
+    return "\n".join(lines + [node_report(launched.output)])
+
+
 def collect(node, msg_type, topic, seconds, until=None):
     """Messages on `topic` during `seconds` after discovery, or fewer when `until(messages)` is
     true earlier (the machine may be loaded: wait for what is asked, not for a fixed time)."""
@@ -195,7 +218,7 @@ def test_ros2_launch_starts_the_nodes_with_arguments_remaps_and_an_active_expres
     assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, \
         f"{names}\n{node_report(launched.output)}"
     results = collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 20)  # remapped
-    assert len(results) >= 20, f"{len(results)} results in 30 s"
+    assert len(results) >= 20, f"{len(results)} results in 30 s\n{stall_report(ros, launched)}"
     assert sum(len(r.faces) == 1 for r in results) >= 0.8 * len(results)  # the demo's one face
     assert ros.count_publishers("/faces/expressions") == 0
     from diagnostic_msgs.msg import DiagnosticArray
@@ -255,7 +278,7 @@ def test_ros2_lifecycle_set_deactivates_the_expression_node(ros, launched):
     assert collect(ros, FaceExpressionArray, EXPRESSIONS, 2.0) == []
     lifecycle_set("activate", "active")
     assert len(collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 10)) >= 10, \
-        node_report(launched.output)
+        stall_report(ros, launched)
 
 
 @need_ros2_launch

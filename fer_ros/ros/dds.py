@@ -22,3 +22,41 @@ def large_data_env(env: dict | None = None) -> dict:
     env = os.environ if env is None else env
     env.setdefault(ENV_VAR, TRANSPORTS)
     return env
+
+
+def clean_zombie_shm(folder: str | os.PathLike = "/dev/shm") -> int:
+    """Remove Fast DDS shared-memory files left by processes that died without closing them
+    (a crash, SIGKILL, or a teardown cut short by `fer_ros.ros.teardown`); returns how many.
+
+    What `fastdds shm clean` does, without its psutil dependency: every segment and port has a
+    lock file (`..._el` / `..._sl`) that its owner holds for as long as it is alive, so a file
+    whose lock can be taken belongs to nobody. Left alone these pile up in /dev/shm (memory)
+    with every node that dies, and a new participant can open a dead port of the same number.
+    """
+    import fcntl
+    import re
+    from pathlib import Path
+
+    root = Path(folder)
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        m = re.fullmatch(r"(fastdds_(?:[0-9a-z]{16}|port\d{1,5}))_(el|sl)", name)
+        if not m:
+            continue
+        try:
+            with open(root / name, "ab") as fd:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on close
+        except OSError:
+            continue  # locked: its owner is alive
+        base = m.group(1)
+        for stale in (name, base, f"sem.{base}_mutex"):
+            try:
+                (root / stale).unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed

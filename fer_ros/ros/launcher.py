@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import node_set
-from .dds import large_data_env
+from .dds import clean_zombie_shm, large_data_env
 
 
 def add_arguments(parser):
@@ -178,6 +178,8 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     print(f"fer-ros launch therapy: config {config}; output folder {folder}")
+    if zombies := clean_zombie_shm():
+        print(f"removed {zombies} shared-memory files of Fast DDS participants that died earlier")
     procs, pumps = [], []
     for spec, argv in plan(config, values, wanted):
         if importlib.util.find_spec(spec.module) is None:
