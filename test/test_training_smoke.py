@@ -163,6 +163,28 @@ def test_distillation_follows_the_teacher_not_the_labels(small_fer, tmp_path):
                     out=None, quiet=True)
 
 
+def test_an_ensemble_of_cv_runs_scores_the_mean_of_their_fold_models(small_fer, tmp_path):
+    """experiments.ensemble_cv: each member's fold accuracies are what its run reported; the
+    ensemble's are those of the mean softmax, computed here by hand; runs on other folds are refused."""
+    from training.evaluate import predict_logits
+    from training.experiments import ensemble_cv, run_cv
+    from training.model import load_checkpoint
+
+    fs = small_fer[0].subset(np.arange(150))
+    runs = [run_cv(fs, _cfg(2, lr=0.05, augment=False, seed=s), tmp_path / f"s{s}", k=3) for s in (1, 2)]
+    e = ensemble_cv(fs, [tmp_path / "s1", tmp_path / "s2"])
+    assert e["members"] == 2 and e["views_per_face"] == 1
+    assert e["member_mean_accuracy"] == pytest.approx([r["mean_accuracy"] for r in runs])
+    for i, idx in enumerate(D.kfold(fs, 3, "random", 0)):
+        models = [load_checkpoint(tmp_path / f"s{s}" / f"fold{i}" / "final.pt") for s in (1, 2)]
+        probs = [torch.softmax(torch.from_numpy(predict_logits(m, fs.subset(idx).faces48(), "cpu")), 1) for m in models]
+        want = float(((probs[0] + probs[1]).argmax(1).numpy() == fs.labels[idx]).mean())
+        assert e["fold_accuracy"][i] == pytest.approx(want)
+    run_cv(fs, _cfg(1, lr=0.05, augment=False), tmp_path / "other", k=3, fold_seed=1)
+    with pytest.raises(ValueError, match="do not share their folds"):
+        ensemble_cv(fs, [tmp_path / "s1", tmp_path / "other"])
+
+
 def test_epoch_ceiling_reads_the_fold_histories(small_fer, tmp_path):
     """experiments.epoch_ceiling: the last epoch's test accuracy is what run_cv reports per fold,
     and the best epoch per fold is the maximum of each fold's history."""

@@ -1,7 +1,8 @@
 """Teacher logits for distillation: a checkpoint's test-time-averaged logits on every FER-2013
-Training face, so a student can learn what the 12-view average knows from a single view.
+Training face, so a student can learn what the 12-view average knows from a single view. With
+several checkpoints the teacher is their ensemble (the mean of their averaged logits).
 
-    python -m training.distill runs/s1_ema/best.pt --out runs/teacher_s1_ema.npy [--no-crops]
+    python -m training.distill runs/s1_ema/best.pt [more.pt ...] --out runs/teacher_s1_ema.npy [--no-crops]
     python -m training.train --out runs/s1_kd --init runs/s1_ema/best.pt --distill runs/teacher_s1_ema.npy ...
 
 The rows follow the training set's order as `training.train` loads it (FER-2013 split 0), so
@@ -22,7 +23,7 @@ from training.evaluate import predict_logits
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
+    ap.add_argument("checkpoint", nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--crops", action=argparse.BooleanOptionalAction, default=True)
@@ -30,8 +31,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
     train = fer.subset(np.flatnonzero(fer.split == 0))
-    logits = predict_logits(load_checkpoint(a.checkpoint), train.faces48(), torch.device("cpu"), batch=512,
-                            flip=a.flip, crops=a.crops)
+    faces = train.faces48()
+    each = []
+    for path in a.checkpoint:
+        each.append(predict_logits(load_checkpoint(path), faces, torch.device("cpu"), batch=512,
+                                   flip=a.flip, crops=a.crops))
+        print(f"{path}: accuracy on the training faces {float((each[-1].argmax(1) == train.labels).mean()):.4f}")
+    logits = np.mean(each, axis=0)
     np.save(a.out, logits.astype(np.float32))
     acc = float((logits.argmax(1) == train.labels).mean())
     print(f"teacher logits {logits.shape} -> {a.out}; teacher accuracy on the training faces {acc:.4f}")

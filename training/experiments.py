@@ -158,30 +158,63 @@ def run_cross(src: D.FaceSet, tgt: D.FaceSet, cfg: TrainConfig, out) -> dict:
     return r
 
 
-def rescore_cv(fs: D.FaceSet, run, flip: bool, crops: bool, device: str = "cpu") -> dict:
-    """Score a finished CV run's fold models (fold*/final.pt) again with other test-time
-    averaging, on the same folds (rebuilt from the run's result.json), without retraining.
-    Writes run/rescore_<views>.json."""
+def fold_logits(fs: D.FaceSet, run, flip: bool, crops: bool, device: str = "cpu") -> tuple[dict, list]:
+    """A finished CV run's result.json and, per fold, (test indices, logits of its fold*/final.pt on
+    them), the folds rebuilt from the run's own k, grouping and fold seed."""
     from training.model import load_checkpoint
 
     run = Path(run)
     r = json.loads((run / "result.json").read_text())
     if r.get("kind") != "cv" or r["n"] != len(fs) or r["class_names"] != list(fs.class_names):
         raise ValueError(f"{run} is not a CV run of this dataset ({len(fs)} faces, {list(fs.class_names)})")
-    accs = []
+    folds = []
     for i, test_idx in enumerate(D.kfold(fs, r["k"], r["by"], r["fold_seed"])):
         if len(test_idx) != r["folds"][i]["n_test"]:
             raise ValueError(f"{run}: fold {i} has {len(test_idx)} faces now, {r['folds'][i]['n_test']} then")
         model = load_checkpoint(run / f"fold{i}" / "final.pt").to(device)
-        logits = predict_logits(model, fs.subset(test_idx).faces48(), torch.device(device), flip=flip, crops=crops)
-        accs.append(float((logits.argmax(1) == fs.labels[test_idx]).mean()))
+        folds.append((test_idx, predict_logits(model, fs.subset(test_idx).faces48(), torch.device(device),
+                                               flip=flip, crops=crops)))
+    return r, folds
+
+
+def rescore_cv(fs: D.FaceSet, run, flip: bool, crops: bool, device: str = "cpu") -> dict:
+    """Score a finished CV run's fold models (fold*/final.pt) again with other test-time
+    averaging, on the same folds (rebuilt from the run's result.json), without retraining.
+    Writes run/rescore_<views>.json."""
+    r, folds = fold_logits(fs, run, flip, crops, device)
+    accs = [float((logits.argmax(1) == fs.labels[idx]).mean()) for idx, logits in folds]
     views = tta_view_count(crops=crops, flip=flip)
     out = {"run": str(run), "flip": flip, "crops": crops, "views_per_face": views, "fold_accuracy": accs,
            "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
            "trained_with": {k: r["config"].get(k) for k in ("eval_flip", "eval_crops")},
            "mean_accuracy_as_trained": r["mean_accuracy"]}
-    write_json(out, run / f"rescore_{views}views.json")
+    write_json(out, Path(run) / f"rescore_{views}views.json")
     return out
+
+
+def ensemble_cv(fs: D.FaceSet, runs, flip: bool = False, crops: bool = False, device: str = "cpu") -> dict:
+    """Several finished CV runs on the same folds (same k, grouping and fold seed: runs that differ
+    only in their training seed or options) scored as one ensemble: each test face gets the mean
+    of the fold models' softmax probabilities. Nothing is chosen on the test folds; it is an
+    ensemble of len(runs) networks, to be reported apart from single models."""
+    members, per_run = [], []
+    for run in runs:
+        r, folds = fold_logits(fs, run, flip, crops, device)
+        members.append((r["k"], r["by"], r["fold_seed"]))
+        per_run.append(folds)
+    if len(set(members)) != 1:
+        raise ValueError(f"the runs do not share their folds (k, grouping, fold seed): {members}")
+    accs, member_accs = [], []
+    for i in range(len(per_run[0])):
+        idx = per_run[0][i][0]
+        probs = [torch.softmax(torch.from_numpy(np.asarray(f[i][1])), 1).numpy() for f in per_run]
+        accs.append(float((np.mean(probs, axis=0).argmax(1) == fs.labels[idx]).mean()))
+        member_accs.append([float((p.argmax(1) == fs.labels[idx]).mean()) for p in probs])
+    members_mean = [float(np.mean(a)) for a in zip(*member_accs)]
+    return {"kind": "ensemble_cv", "runs": [str(r) for r in runs], "members": len(runs), "flip": flip,
+            "crops": crops, "views_per_face": tta_view_count(crops=crops, flip=flip), "fold_accuracy": accs,
+            "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs)),
+            "member_mean_accuracy": members_mean, **provenance()}
 
 
 def epoch_ceiling(run) -> dict:
@@ -243,6 +276,13 @@ def main(argv=None) -> int:
     rs.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     rs.add_argument("--crops", action=argparse.BooleanOptionalAction, default=True)
     rs.add_argument("runs", nargs="+", help="CV run directories (with result.json and fold*/final.pt)")
+    en = sub.add_parser("ensemble", help="score finished CV runs on the same folds as one ensemble")
+    en.add_argument("--dataset", required=True)
+    en.add_argument("--shared", default=None)
+    en.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False)
+    en.add_argument("--crops", action=argparse.BooleanOptionalAction, default=False)
+    en.add_argument("--json", default=None, help="write the result here")
+    en.add_argument("runs", nargs="+", help="CV run directories (with result.json and fold*/final.pt)")
     ce = sub.add_parser("ceiling", help="last-epoch accuracy vs the best epoch of each test fold (an upper bound)")
     ce.add_argument("runs", nargs="+", help="CV run directories (with fold*/history.json)")
     a = ap.parse_args(argv)
@@ -258,6 +298,14 @@ def main(argv=None) -> int:
             r = rescore_cv(fs, run, a.flip, a.crops)
             print(f"{run}: {r['views_per_face']} views {r['mean_accuracy']:.4f} +- {r['std_accuracy']:.4f}"
                   f" (as trained: {r['mean_accuracy_as_trained']:.4f})")
+        return 0
+    if a.cmd == "ensemble":
+        r = ensemble_cv(load_dataset(a.dataset, a.shared), a.runs, a.flip, a.crops)
+        if a.json:
+            write_json(r, a.json)
+        print(f"{a.dataset}: ensemble of {r['members']} runs, {r['views_per_face']} view(s): "
+              f"{r['mean_accuracy']:.4f} +- {r['std_accuracy']:.4f} over folds; the members alone "
+              + ", ".join(f"{m:.4f}" for m in r["member_mean_accuracy"]))
         return 0
     cfg = _cfg_from_args(a)
     torch.set_num_threads(max(1, torch.get_num_threads()))
