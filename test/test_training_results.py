@@ -56,7 +56,7 @@ def test_tables_from_run_directories(tmp_path):
     assert "| last frame, 6 classes, stage-2 lr 0.01 | 309 | 80.00 ± 0.00 / F1 1.000 | not run | 96.92 |" in md
 
 
-def test_paper_tables_from_seed_runs(tmp_path):
+def test_paper_tables_from_seed_runs(tmp_path, capsys):
     """`training.results paper`: per paper figure, mean and sd over the seed runs in percent, the
     folds, each run's command and commit, and the paper-style best-fold-best-epoch figure kept
     apart and labelled as chosen on the test fold."""
@@ -89,6 +89,9 @@ def test_paper_tables_from_seed_runs(tmp_path):
     assert [r["commit"] for r in ck["runs"]] == ["abc1234"] * 2
     assert res["cross_jaffe_to_ckplus6"]["mean"] == pytest.approx(50.0)
     assert "jaffe_random_5fold" not in res  # nothing given, nothing claimed
+    (tmp_path / "unfinished").mkdir()  # a run still training: an error that names it, no file written
+    assert R.main(["paper", "--ck6", str(a), str(tmp_path / "unfinished"), "--out", str(tmp_path / "p2.json")]) == 2
+    assert "unfinished (not a finished run?)" in capsys.readouterr().err and not (tmp_path / "p2.json").exists()
 
 
 def test_sweep_groups_runs_by_setting(tmp_path):

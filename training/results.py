@@ -170,6 +170,9 @@ def paper_entry(runs: list[Path]) -> dict:
     commands and commits; for CVs also the paper-style best fold at its best epoch."""
     import numpy as np
 
+    missing = [str(r) for r in runs if not (Path(r) / "result.json").is_file()]
+    if missing:
+        raise ValueError(f"no result.json in {', '.join(missing)} (not a finished run?)")
     rs = [json.loads((Path(r) / "result.json").read_text()) for r in runs]
     kinds = {r.get("kind") for r in rs}
     if len(kinds) != 1 or kinds - {"cv", "cross"}:
@@ -220,6 +223,16 @@ def sweep(runs: list[Path], keys: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
+    import sys
+
+    try:
+        return _main(argv)
+    except ValueError as e:  # an unfinished or mixed run folder: say which, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
