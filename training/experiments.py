@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fer_ros.perception.classifier import softmax
 from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
 from training.report import metrics, plot_confusion, plot_curves, write_json
@@ -207,7 +208,7 @@ def ensemble_cv(fs: D.FaceSet, runs, flip: bool = False, crops: bool = False, de
     accs, member_accs = [], []
     for i in range(len(per_run[0])):
         idx = per_run[0][i][0]
-        probs = [torch.softmax(torch.from_numpy(np.asarray(f[i][1])), 1).numpy() for f in per_run]
+        probs = [softmax(np.asarray(f[i][1], np.float64)) for f in per_run]
         accs.append(float((np.mean(probs, axis=0).argmax(1) == fs.labels[idx]).mean()))
         member_accs.append([float((p.argmax(1) == fs.labels[idx]).mean()) for p in probs])
     members_mean = [float(np.mean(a)) for a in zip(*member_accs)]
