@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 CK_N = {"small6": 309, "small7": 327, "large6": 927, "large7": 981}  # images per CK+48 setup
@@ -223,8 +224,6 @@ def sweep(runs: list[Path], keys: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    import sys
-
     try:
         return _main(argv)
     except ValueError as e:  # an unfinished or mixed run folder: say which, no traceback
@@ -233,8 +232,6 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sweep"]:
         ap = argparse.ArgumentParser(prog="python -m training.results sweep",
