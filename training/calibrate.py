@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -34,6 +33,7 @@ import numpy as np
 
 from fer_ros.perception.detectors import make_detector
 from training import data as D
+from training.report import git_commit
 
 CANVAS, FACE = 320, 120
 VIDEOS = ("single_face.mp4", "noface_face.mov")
@@ -179,11 +179,7 @@ def main(argv=None) -> int:
             "yunet": make_detector("yunet", model=shared / "models" / "face_detection_yunet_2026may.onnx"),
             "mtcnn": make_detector("mtcnn")}
     r = calibrate(shared, dets, a.n)
-    try:
-        r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        r["commit"] = None
+    r["commit"] = git_commit()
     r["command"] = "python -m training.calibrate" + (f" --n {a.n}" if a.n != 2000 else "")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(r, indent=1) + "\n")

@@ -30,7 +30,7 @@ import torch
 from fer_ros.perception.classifier import softmax
 from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
-from training.report import metrics, plot_confusion, plot_curves, write_json
+from training.report import git_commit, metrics, plot_confusion, plot_curves, write_json
 from training.evaluate import evaluate, pick_device, predict_logits
 from training.train import TrainConfig, train_model
 
@@ -39,15 +39,9 @@ STAGE2 = dict(lr=0.045, epochs=30, bn_recal=True)
 
 def provenance() -> dict:
     """The command line and the commit that produce a result (for the docs' numbers)."""
-    import subprocess
     import sys
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"command": "python -m training.experiments " + " ".join(sys.argv[1:]), "commit": commit}
+    return {"command": "python -m training.experiments " + " ".join(sys.argv[1:]), "commit": git_commit()}
 
 
 def load_dataset(name: str, shared=None) -> D.FaceSet:

@@ -57,6 +57,17 @@ def plot_curves(history: list[dict], path, title: str = "") -> None:
     plt.close(fig)
 
 
+def git_commit() -> str | None:
+    """The repository's short HEAD commit, stamped on result files beside their command (None outside git)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def write_json(obj, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=1, default=_default))

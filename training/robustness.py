@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -32,6 +31,7 @@ from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier
 from fer_ros.perception.preprocess import Framing, crop_square, framing_for
 from training import data as D
+from training.report import git_commit
 
 SCALES = (0.8, 0.9, 1.1, 1.2, 1.25, 1.3)
 SHIFTS = (0.05, 0.08, 0.1)
@@ -72,10 +72,13 @@ def conditions():
             yield f"{kind} {v:g}", lambda f, k=kind, v=v: photometric(f, k, v)
 
 
+def predictions(clf: ExpressionClassifier, faces: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class per face, in batches: 12 views of all 3,589 faces at once would need gigabytes of activations."""
+    return np.concatenate([clf.predict(faces[i:i + batch]).argmax(1) for i in range(0, len(faces), batch)])
+
+
 def accuracy(clf: ExpressionClassifier, faces: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
-    """In batches: 12 views of all 3,589 faces at once would need gigabytes of activations."""
-    pred = np.concatenate([clf.predict(faces[i:i + batch]).argmax(1) for i in range(0, len(faces), batch)])
-    return float((pred == y).mean())
+    return float((predictions(clf, faces, batch) == y).mean())
 
 
 def fer_table(clf, faces, y) -> dict:
@@ -101,8 +104,8 @@ def jaffe_faces(shared: Path, det):
     return d["images"], y, boxes
 
 
-def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
-    """7-class JAFFE accuracy through detector -> framed crop -> classifier (largest face)."""
+def jaffe_predictions(clf, jaffe, framing: Framing) -> np.ndarray:
+    """Class per JAFFE image through detector -> framed crop -> classifier (largest face); -1 if none."""
     from fer_ros.perception.preprocess import crop_faces
 
     images, y, boxes = jaffe
@@ -110,6 +113,13 @@ def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
     for i, (im, box) in enumerate(zip(images, boxes)):
         if box is not None:
             pred[i] = int(clf.predict(crop_faces(im, [box], framing)).argmax(1)[0])
+    return pred
+
+
+def jaffe_pipeline(clf, jaffe, framing: Framing) -> dict:
+    """7-class JAFFE accuracy through detector -> framed crop -> classifier (largest face)."""
+    y = jaffe[1]
+    pred = jaffe_predictions(clf, jaffe, framing)
     return {"accuracy": round(100 * float((pred == y).mean()), 2), "detected": int((pred >= 0).sum()),
             "n": int(len(y)), "framing": framing.to_dict()}
 
@@ -187,11 +197,7 @@ def main(argv=None) -> int:
     res = run(a.model, D.shared_path(a.shared), a.views, a.limit, a.detector)
     cmd = "python -m training.robustness " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     res["command"] = cmd
-    try:
-        res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        res["commit"] = None
+    res["commit"] = git_commit()
     print_report(res)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
