@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         f"- init: {cfg.get('init')} (first conv {cfg.get('first_conv')}); center loss lambda {cfg.get('center_lambda')},"
         f" alpha {cfg.get('center_alpha')}; SGD lr {cfg.get('lr')} ({cfg.get('schedule')}), momentum {cfg.get('momentum')},"
         f" weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch')}, epochs {cfg.get('epochs')}"
-        f" (selected epoch: {t['epochs_run']})",
+        + (f" (selected epoch: {t['epochs_run']})" if t["epochs_run"] else ""),
         "- augmentation: " + (
             f"the FER-2013 frame jittered like detector boxes (side x{cfg.get('scale_lo'):g}-{cfg.get('scale_hi'):g},"
             f" centre shifted up to ±{cfg.get('shift'):g} of the side, border repeated), resize to 48x48, horizontal flip"
@@ -132,9 +132,11 @@ def main(argv=None) -> int:
         + (f", rotation by up to ±{cfg['rotate']:g}°" if cfg.get("rotate") else "")
         + (f", random erasing with probability {cfg['erase']:g}" if cfg.get("erase") else ""),
         *([f"- beyond the paper: label smoothing {cfg.get('label_smoothing', 0)}, weight EMA decay"
-           f" {cfg.get('ema', 0)} per step (the averaged weights are shipped); epoch selected on PublicTest with"
-           f" flip averaging {'on' if cfg.get('eval_flip') else 'off'}, crop averaging"
-           f" {'on' if cfg.get('eval_crops') else 'off'}"] if cfg.get("ema") or cfg.get("label_smoothing") else []),
+           f" {cfg.get('ema', 0)} per step (the averaged weights are shipped); "
+           + ("the last epoch, nothing selected" if cfg.get("select") == "last" else
+              f"epoch selected on PublicTest with flip averaging {'on' if cfg.get('eval_flip') else 'off'},"
+              f" crop averaging {'on' if cfg.get('eval_crops') else 'off'}")]
+          if cfg.get("ema") or cfg.get("label_smoothing") else []),
         "",
         "## Scores (FER-2013 PublicTest, 3,589 faces, FP32 through `ExpressionClassifier`, ONNX Runtime)",
         f"With test-time averaging over 12 views per face (`flip_average` and `crop_average`, as"
