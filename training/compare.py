@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_ros.perception.classifier import ExpressionClassifier
-from fer_ros.perception.preprocess import framing_for
 from training import data as D
-from training.report import git_commit
-from training.robustness import VIEWS, jaffe_faces, jaffe_predictions, predictions, reframe
+from training.report import provenance
+from training.robustness import add_options, classifier, eval_sets, jaffe_predictions, predictions, reframe
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -56,23 +54,10 @@ def tests(faces: np.ndarray, y: np.ndarray):
 
 
 def run(model_a, model_b, shared, views=(1, 2), limit: int = 0, detector: str = "default") -> dict:
-    shared = Path(shared)
-    fer = D.load_fer2013(shared / "data" / "fer2013.npz")
-    test = fer.subset(np.flatnonzero(fer.split == 1))
-    faces, y = test.faces48(), test.labels
-    if limit:
-        faces, y = faces[:limit], y[:limit]
-    jaffe = framing = None
-    if not limit:
-        from fer_ros.perception.detectors import make_detector
-
-        det = make_detector(detector)
-        jaffe, framing = jaffe_faces(shared, det), framing_for(det.name)
+    faces, y, jaffe, framing = eval_sets(Path(shared), limit, detector)
     res = {"a": str(model_a), "b": str(model_b), "detector": detector, "views": {}}
     for v in views:
-        flip, crops = VIEWS[v]
-        clfs = [ExpressionClassifier(m, backend="torch" if str(m).endswith(".pt") else "onnxruntime",
-                                     flip_average=flip, crop_average=crops) for m in (model_a, model_b)]
+        clfs = [classifier(m, v) for m in (model_a, model_b)]
         r = {name: paired(yy, *(predictions(c, f) for c in clfs)) for name, f, yy in tests(faces, y)}
         if jaffe is not None:
             r["JAFFE through the pipeline"] = paired(jaffe[1], *(jaffe_predictions(c, jaffe, framing) for c in clfs))
@@ -89,22 +74,15 @@ def print_report(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    import sys
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_a", help="an .onnx model or a .pt training checkpoint (usually the shipped one)")
     ap.add_argument("model_b", help="the candidate")
-    ap.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=sorted(VIEWS))
-    ap.add_argument("--limit", type=int, default=0, help="only the first N PublicTest faces (and skip JAFFE)")
-    ap.add_argument("--shared", default=None)
-    ap.add_argument("--detector", default="default", help="face detector for JAFFE (make_detector name)")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    add_options(ap)
     a = ap.parse_args(argv)
     res = run(a.model_a, a.model_b, D.shared_path(a.shared), a.views, a.limit, a.detector)
     print_report(res)
     if a.json:
-        res["command"] = "python -m training.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-        res["commit"] = git_commit()
+        res.update(provenance("training.compare", argv))
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0
 

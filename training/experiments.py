@@ -30,7 +30,8 @@ import torch
 from fer_ros.perception.classifier import softmax
 from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
-from training.report import git_commit, metrics, plot_confusion, plot_curves, write_json
+from training.report import metrics, plot_confusion, plot_curves, write_json
+from training.report import provenance as report_provenance
 from training.evaluate import evaluate, pick_device, predict_logits
 from training.train import TrainConfig, train_model
 
@@ -38,10 +39,7 @@ STAGE2 = dict(lr=0.045, epochs=30, bn_recal=True)
 
 
 def provenance() -> dict:
-    """The command line and the commit that produce a result (for the docs' numbers)."""
-    import sys
-
-    return {"command": "python -m training.experiments " + " ".join(sys.argv[1:]), "commit": git_commit()}
+    return report_provenance("training.experiments")
 
 
 def load_dataset(name: str, shared=None) -> D.FaceSet:

@@ -68,6 +68,15 @@ def git_commit() -> str | None:
         return None
 
 
+def provenance(module: str, argv=None) -> dict:
+    """The command line (`python -m module ...`; argv defaults to sys.argv[1:]) and the commit that produce a
+    result file, for the docs' numbers."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return {"command": f"python -m {module} " + " ".join(args), "commit": git_commit()}
+
+
 def write_json(obj, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=1, default=_default))

@@ -31,7 +31,7 @@ from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier
 from fer_ros.perception.preprocess import Framing, crop_square, framing_for
 from training import data as D
-from training.report import git_commit
+from training.report import provenance
 
 SCALES = (0.8, 0.9, 1.1, 1.2, 1.25, 1.3)
 SHIFTS = (0.05, 0.08, 0.1)
@@ -138,26 +138,44 @@ def media(clf, shared: Path, detector: str = "default") -> dict:
     return out
 
 
-def run(model, shared, views=(1, 2), limit: int = 0, detector: str = "default") -> dict:
-    shared = Path(shared)
+def eval_sets(shared: Path, limit: int = 0, detector: str = "default"):
+    """PublicTest's faces and labels (only the first `limit` if set) and, without a limit, JAFFE through
+    `detector` (jaffe_faces) with that detector's calibrated framing; (faces, y, None, None) with one."""
     fer = D.load_fer2013(shared / "data" / "fer2013.npz")
     test = fer.subset(np.flatnonzero(fer.split == 1))
     faces, y = test.faces48(), test.labels
     if limit:
-        faces, y = faces[:limit], y[:limit]
-    backend = "torch" if str(model).endswith(".pt") else "onnxruntime"
-    res = {"model": str(model), "n_publictest": int(len(y)), "detector": detector, "views": {}}
-    jaffe = framing = None
-    if not limit:
-        from fer_ros.perception.detectors import make_detector
+        return faces[:limit], y[:limit], None, None
+    from fer_ros.perception.detectors import make_detector
 
-        det = make_detector(detector)
-        jaffe, framing = jaffe_faces(shared, det), framing_for(det.name)  # the built one's (a fallback's)
+    det = make_detector(detector)
+    return faces, y, jaffe_faces(shared, det), framing_for(det.name)  # the built one's (a fallback's)
+
+
+def classifier(model, views: int) -> ExpressionClassifier:
+    """`model` (.onnx, or a .pt checkpoint on the torch backend) with 1, 2 or 12 views per face."""
+    flip, crops = VIEWS[views]
+    return ExpressionClassifier(model, backend="torch" if str(model).endswith(".pt") else "onnxruntime",
+                                flip_average=flip, crop_average=crops)
+
+
+def add_options(ap: argparse.ArgumentParser, skipped: str = "JAFFE") -> None:
+    """The options training.robustness and training.compare share; `skipped`: what --limit leaves out."""
+    ap.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=sorted(VIEWS))
+    ap.add_argument("--limit", type=int, default=0, help=f"only the first N PublicTest faces (and skip {skipped})")
+    ap.add_argument("--shared", default=None)
+    ap.add_argument("--detector", default="default", help=f"face detector for {skipped} (make_detector name)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+
+
+def run(model, shared, views=(1, 2), limit: int = 0, detector: str = "default") -> dict:
+    shared = Path(shared)
+    faces, y, jaffe, framing = eval_sets(shared, limit, detector)
+    res = {"model": str(model), "n_publictest": int(len(y)), "detector": detector, "views": {}}
     for v in views:
-        flip, crops = VIEWS[v]
-        clf = ExpressionClassifier(model, backend=backend, flip_average=flip, crop_average=crops)
+        clf = classifier(model, v)
         r = {"publictest": fer_table(clf, faces, y)}
-        if not limit:
+        if jaffe is not None:
             r["jaffe_pipeline"] = jaffe_pipeline(clf, jaffe, framing)
             r["jaffe_pipeline_old_crop"] = jaffe_pipeline(clf, jaffe, Framing(1.2))
             r["media"] = media(clf, shared, detector)
@@ -188,16 +206,10 @@ def print_report(res: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="an .onnx model or a .pt training checkpoint")
-    ap.add_argument("--views", type=int, nargs="+", default=[1, 2], choices=sorted(VIEWS))
-    ap.add_argument("--limit", type=int, default=0, help="only the first N PublicTest faces (and skip JAFFE, photos)")
-    ap.add_argument("--shared", default=None)
-    ap.add_argument("--detector", default="default", help="face detector for JAFFE and the photos (make_detector name)")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    add_options(ap, "JAFFE and the photos")
     a = ap.parse_args(argv)
     res = run(a.model, D.shared_path(a.shared), a.views, a.limit, a.detector)
-    cmd = "python -m training.robustness " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    res["command"] = cmd
-    res["commit"] = git_commit()
+    res.update(provenance("training.robustness", argv))
     print_report(res)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
