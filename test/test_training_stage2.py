@@ -116,3 +116,21 @@ def test_even_batches_leave_no_small_remainder_where_the_default_leaves_a_few_fa
         sizes = np.diff(edges)
         assert edges[0] == 0 and edges[-1] == n and len(sizes) == -(-n // 64)
         assert sizes.max() - sizes.min() <= 1 and sizes.max() <= 64
+
+
+def test_l2sp_pulls_the_backbone_back_to_its_initial_weights(faces, tmp_path):
+    torch.manual_seed(2)
+    start = MobileNetV1(width=0.25)
+    ck = tmp_path / "start.pt"
+    from training.model import save_checkpoint
+    save_checkpoint(ck, start)
+    w0 = start.state_dict()
+
+    def drift(model, head: bool):
+        return sum(float(((v - w0[k]) ** 2).sum()) for k, v in model.state_dict().items()
+                   if k.startswith("classifier.") == head and v.dtype.is_floating_point and "running" not in k)
+
+    plain, _ = train_model(faces, None, _cfg(tmp_path, init=str(ck), epochs=3), quiet=True)
+    anchored, _ = train_model(faces, None, _cfg(tmp_path, init=str(ck), epochs=3, l2sp=5.0), quiet=True)
+    assert drift(anchored, head=False) < 0.5 * drift(plain, head=False)
+    assert drift(anchored, head=True) > 0.0  # the classifier is not anchored: it still learns

@@ -78,6 +78,8 @@ class TrainConfig:
     inner_val: float = 0.0  # CV (training.experiments): >0 holds out this fraction of each training fold
     # to choose the epoch on, never the test fold
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the paper's plain softmax loss)
+    l2sp: float = 0.0  # >0: add l2sp/2 * ||w - w_init||^2 over the layers before the classifier (L2-SP,
+    # Li et al. 2018): stage 2 is pulled back to what stage 1 learned, not only towards 0 (weight decay)
     distill: str = ""  # .npy of teacher logits [N, C], one row per training face (training.distill)
     distill_weight: float = 0.5  # loss = (1-w) * CE + w * T^2 * KL(teacher_T || student_T)
     distill_t: float = 2.0  # softmax temperature of the distillation term
@@ -172,10 +174,11 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 class _Losses:
-    """The loss terms of one step: classification (+ distillation) and center loss."""
+    """The loss terms of one step: classification (+ distillation), center loss (+ L2-SP)."""
 
-    def __init__(self, cfg: TrainConfig, closs: CenterLoss, teacher_all):
+    def __init__(self, cfg: TrainConfig, closs: CenterLoss, teacher_all, anchor=()):
         self.cfg, self.closs, self.teacher_all = cfg, closs, teacher_all
+        self.anchor = anchor  # L2-SP: (parameter, its initial value) pairs
 
     def __call__(self, logits, feats, y, idx):
         cfg = self.cfg
@@ -183,6 +186,8 @@ class _Losses:
         loss = classification_loss(logits, y, cfg.label_smoothing, teacher, cfg.distill_weight, cfg.distill_t)
         if cfg.center_lambda > 0:
             loss = loss + cfg.center_lambda * self.closs(feats, y)
+        if self.anchor:
+            loss = loss + 0.5 * cfg.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in self.anchor)
         return loss
 
     def after_step(self, feats, y):
@@ -268,6 +273,9 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     init_state = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if cfg.interp < 1 else None)
+    # L2-SP's anchor: the backbone as initialised (stage 1), taken before a resume loads later weights
+    anchor = ([(p, p.detach().clone()) for n, p in model.named_parameters() if not n.startswith("classifier.")]
+              if cfg.l2sp > 0 else [])
     closs = CenterLoss(len(class_names), model.feature_dim, cfg.center_reduction).to(device)
     if getattr(model, "_init_centers", None) is not None:
         closs.centers.copy_(model._init_centers)
@@ -300,7 +308,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         if teacher.shape != (len(train), len(class_names)):
             raise ValueError(f"{cfg.distill}: teacher logits {teacher.shape}, need ({len(train)}, {len(class_names)})")
         teacher_all = torch.from_numpy(teacher.astype(np.float32)).to(device)
-    losses = _Losses(cfg, closs, teacher_all)
+    losses = _Losses(cfg, closs, teacher_all, anchor)
     train_faces48 = train.faces48() if (cfg.bn_recal or swa or init_state is not None) else None
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
