@@ -155,6 +155,19 @@ def node_report(output: str) -> str:
     return "\n".join(lines)
 
 
+def thread_stacks(launched) -> str:
+    """For a failure message: every launched node's Python thread stacks (SIGUSR1, see
+    params.run_node), as they appear in the launch output 2 s later."""
+    before = len(launched.output)
+    for pid in map(int, re.findall(r"process started with pid \[(\d+)\]", launched.output)):
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError:
+            pass
+    time.sleep(2.0)
+    return "thread stacks:\n" + launched.output[before:][-12000:]
+
+
 def stall_report(ros, launched) -> str:
     """Why a probe got no expressions: what the nodes say they did (their /diagnostics, as the
     probe receives them), whether a new participant (`ros2 topic echo --once`, another process)
@@ -175,7 +188,7 @@ def stall_report(ros, launched) -> str:
     except subprocess.TimeoutExpired:
         lines.append(f"`ros2 topic echo --once {EXPRESSIONS}` in a new process: nothing in 30 s")
     lines.append(f"probe sees {ros.count_publishers(EXPRESSIONS)} publisher(s) of {EXPRESSIONS}")
-    return "\n".join(lines + [node_report(launched.output)])
+    return "\n".join(lines + [node_report(launched.output), thread_stacks(launched)])
 
 
 def collect(node, msg_type, topic, seconds, until=None):
@@ -216,7 +229,7 @@ def test_ros2_launch_starts_the_nodes_with_arguments_remaps_and_an_active_expres
             break
         time.sleep(0.5)
     assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, \
-        f"{names}\n{node_report(launched.output)}"
+        f"{names}\n{node_report(launched.output)}\n{thread_stacks(launched)}"
     results = collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 20)  # remapped
     assert len(results) >= 20, f"{len(results)} results in 30 s\n{stall_report(ros, launched)}"
     assert sum(len(r.faces) == 1 for r in results) >= 0.8 * len(results)  # the demo's one face
