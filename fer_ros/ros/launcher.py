@@ -222,6 +222,9 @@ def run(args) -> int:
                 break
             except subprocess.TimeoutExpired:
                 print(f"fer-ros launch: {name} did not stop in time: sending {sig.name}", file=sys.stderr)
+                if sig == signal.SIGTERM:  # first, where it hangs: every thread's stack (params.run_node)
+                    os.killpg(proc.pid, signal.SIGUSR1)
+                    time.sleep(1.0)
                 os.killpg(proc.pid, sig)
         proc.wait()
         # A node that did not stop cleanly on SIGINT is a bug worth seeing (and a failed run).

@@ -212,8 +212,9 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
         if not interrupted and rclpy.ok():
             raise
     finally:
-        # The node's own cleanup, then the middleware's, which may hang (see teardown.py).
-        with bounded(TEARDOWN_S):
+        # The node's own cleanup, then the middleware's, which may hang (see teardown.py), and
+        # the end of the process, where the garbage collector deletes the DDS participant.
+        with bounded(TEARDOWN_S, through_exit=True):
             if node is not None:
                 node.destroy_node()
             rclpy.try_shutdown()

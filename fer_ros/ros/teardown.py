@@ -55,9 +55,14 @@ def _exit_timer(seconds: float):
 
 
 @contextlib.contextmanager
-def bounded(seconds: float):
+def bounded(seconds: float, through_exit: bool = False):
     """Run the block; if it has not returned after `seconds`, print every thread's stack to
-    stderr and exit with code 0 (exit code 1 where no C timer is available)."""
+    stderr and exit with code 0 (exit code 1 where no C timer is available).
+
+    through_exit: the exit timer stays armed after the block, over the interpreter's
+    finalisation, where rclpy's context (and with it the Fast DDS participant) is deleted by
+    the garbage collector and can hang the same way (seen 3 Dec: "Garbage-collecting", no
+    Python frame). The stack dump ends with the block: Python cancels it while finalising."""
     try:
         cancel = _exit_timer(seconds + GRACE_S) if sys.platform.startswith("linux") else None
     except (OSError, AttributeError):
@@ -67,5 +72,5 @@ def bounded(seconds: float):
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
-        if cancel is not None:
+        if cancel is not None and not through_exit:
             cancel()
