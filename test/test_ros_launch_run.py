@@ -89,14 +89,28 @@ class Running:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            left = [pid for pid in map(int, re.findall(r"process started with pid \[(\d+)\]", self.output))
-                    if Path(f"/proc/{pid}").exists()]
-            for pid in left:
-                os.kill(pid, signal.SIGUSR1)
-            time.sleep(2.0)
+            left = self.node_pids()
+            self.thread_stacks(left)
             raise AssertionError(f"still running {timeout} s after Ctrl-C: pids {left}\n{self.output[-12000:]}")
         finally:
             self.stop()
+
+    def node_pids(self) -> list[int]:
+        """The launched nodes still running (ros2 launch logs each one's pid)."""
+        return [pid for pid in map(int, re.findall(r"process started with pid \[(\d+)\]", self.output))
+                if Path(f"/proc/{pid}").exists()]
+
+    def thread_stacks(self, pids=None) -> str:
+        """Every node's Python thread stacks (SIGUSR1, see params.run_node), as they appear in
+        the output 2 s later; for failure messages."""
+        before = len(self.output)
+        for pid in self.node_pids() if pids is None else pids:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:  # it ended meanwhile
+                pass
+        time.sleep(2.0)
+        return "thread stacks:\n" + self.output[before:][-12000:]
 
     def stop(self):
         if self.proc.poll() is None:
@@ -155,19 +169,6 @@ def node_report(output: str) -> str:
     return "\n".join(lines)
 
 
-def thread_stacks(launched) -> str:
-    """For a failure message: every launched node's Python thread stacks (SIGUSR1, see
-    params.run_node), as they appear in the launch output 2 s later."""
-    before = len(launched.output)
-    for pid in map(int, re.findall(r"process started with pid \[(\d+)\]", launched.output)):
-        try:
-            os.kill(pid, signal.SIGUSR1)
-        except OSError:
-            pass
-    time.sleep(2.0)
-    return "thread stacks:\n" + launched.output[before:][-12000:]
-
-
 def stall_report(ros, launched) -> str:
     """Why a probe got no expressions: what the nodes say they did (their /diagnostics, as the
     probe receives them), whether a new participant (`ros2 topic echo --once`, another process)
@@ -188,7 +189,7 @@ def stall_report(ros, launched) -> str:
     except subprocess.TimeoutExpired:
         lines.append(f"`ros2 topic echo --once {EXPRESSIONS}` in a new process: nothing in 30 s")
     lines.append(f"probe sees {ros.count_publishers(EXPRESSIONS)} publisher(s) of {EXPRESSIONS}")
-    return "\n".join(lines + [node_report(launched.output), thread_stacks(launched)])
+    return "\n".join(lines + [node_report(launched.output), launched.thread_stacks()])
 
 
 def collect(node, msg_type, topic, seconds, until=None):
@@ -229,7 +230,7 @@ def test_ros2_launch_starts_the_nodes_with_arguments_remaps_and_an_active_expres
             break
         time.sleep(0.5)
     assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, \
-        f"{names}\n{node_report(launched.output)}\n{thread_stacks(launched)}"
+        f"{names}\n{node_report(launched.output)}\n{launched.thread_stacks()}"
     results = collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 20)  # remapped
     assert len(results) >= 20, f"{len(results)} results in 30 s\n{stall_report(ros, launched)}"
     assert sum(len(r.faces) == 1 for r in results) >= 0.8 * len(results)  # the demo's one face

@@ -178,7 +178,8 @@ def run_node(name: str, make_node, config_errors: tuple = (ValueError,), args=No
 
     A configuration mistake (one of `config_errors` raised while building the node) is one
     clear line on stderr and exit code 2, not a traceback. `finished(node)`, checked between
-    callbacks, lets a node decide itself when it is done.
+    callbacks, lets a node decide itself when it is done. Call it only as a process's main: once
+    it is stopping, the process ends within TEARDOWN_S (teardown.bounded, through_exit).
     """
     import faulthandler
     import sys
