@@ -379,6 +379,43 @@ def test_diagnostics_are_published(ros, node_under_test):
     assert values["model"] == node.model_path and status.hardware_id == "onnxruntime"
 
 
+def test_a_matched_but_silent_image_subscription_is_made_anew_only_while_a_publisher_exists(ros, tmp_path):
+    """The watchdog for a DDS reader that stays matched and gets nothing: with no publisher it
+    leaves the subscription alone; with a publisher that sends nothing it subscribes again (and
+    waits longer each time); the new subscription receives images."""
+    from fer_ros.ros.expression_node import ExpressionNode
+
+    context, executor = ros
+    node = ExpressionNode(params={"detector": "haar", "backend": "onnxruntime", "resubscribe_after": 0.5,
+                                  "model_path": model_for_tests(tmp_path), "image_topic": "/test/quiet_image"},
+                          namespace="quiet", context=context)
+    client = rclpy.create_node("quiet_client", context=context)
+    executor.add_node(node)
+    executor.add_node(client)
+    try:
+        time.sleep(2.5)
+        assert node.stats["resubscribed"] == 0, "resubscribed with no publisher known"
+        pub = client.create_publisher(Image, "/test/quiet_image", QoSProfile(depth=1))
+        deadline = time.monotonic() + 10
+        while node.stats["resubscribed"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = node.stats["resubscribed"]
+        assert first >= 2 and node.sub is not None and node.sub.topic_name == "/test/quiet_image"
+        time.sleep(1.2)  # the third try waits 2 s of silence after the second (0.5 s, then 1 s, then 2 s)
+        assert node.stats["resubscribed"] <= first + 1
+        frame = image(np.zeros((120, 160, 3), np.uint8))
+        deadline = time.monotonic() + 10
+        while node.stats["received"] == 0 and time.monotonic() < deadline:
+            pub.publish(frame)
+            time.sleep(0.2)
+        assert node.stats["received"] > 0, "the new subscription got no image"
+    finally:
+        executor.remove_node(node)
+        executor.remove_node(client)
+        node.destroy_node()
+        client.destroy_node()
+
+
 def test_camera_rate_zero_uses_the_video_files_own_rate(ros):
     from rclpy.parameter import Parameter
 

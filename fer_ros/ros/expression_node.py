@@ -50,6 +50,9 @@ PARAMS = [
     Param("publish_annotated", True, "Publish faces/image_annotated (drawn only while somebody subscribes)."),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.1, 60.0),
           read_only=True),
+    Param("resubscribe_after", 5.0, "Seconds without an image, while a publisher of image_topic is known, after "
+          "which the image subscription is made anew (a DDS reader can stay matched and get nothing); 0: never.",
+          range=(0.0, 3600.0), read_only=True),
     *qos_params("qos", "best_effort", 1, "the image subscription (depth 1 = newest frame only)"),
     *qos_params("output_qos", "reliable", 10, "faces/expressions and faces/image_annotated"),
 ]
@@ -93,7 +96,9 @@ class ExpressionNode(AutostartLifecycleNode):
         super().__init__(kwargs.pop("node_name", "expression_node"), parameter_overrides=overrides, **kwargs)
         self.p = declare_params(self, PARAMS)
         self.subscribe = subscribe
-        self.pipeline = self.pub = self.pub_annotated = self.sub = self._worker = None
+        self.pipeline = self.pub = self.pub_annotated = self.sub = self._worker = self._watchdog = None
+        self._subscribed_at = 0.0
+        self._quiet_streak = 0  # resubscriptions in a row with no image since: each doubles the wait
         self.backend = self.model_path = ""
         self._config_error = None
 
@@ -102,7 +107,8 @@ class ExpressionNode(AutostartLifecycleNode):
         self._wake = threading.Condition(self._lock)
         self._pending = None
         self._stop = False
-        self.stats = dict(received=0, processed=0, dropped=0, malformed=0, errors=0, faces=0, lost=0, large=0)
+        self.stats = dict(received=0, processed=0, dropped=0, malformed=0, errors=0, faces=0, lost=0, large=0,
+                          resubscribed=0)
         self._latency = deque(maxlen=300)   # header stamp -> publish, ms
         self._proc_ms = deque(maxlen=300)   # pipeline time, ms
         self._done_times = deque(maxlen=300)
@@ -141,11 +147,12 @@ class ExpressionNode(AutostartLifecycleNode):
             self.backend = str(self.pipeline.classifier.backend)
         if self.subscribe:
             self._stop = False
-            events = SubscriptionEventCallbacks(message_lost=self._on_lost)
-            self.sub = self.create_subscription(Image, self.p["image_topic"], self._on_image,
-                                                qos_from_params(self.p, "qos"), event_callbacks=events)
+            self._quiet_streak = 0
+            self._subscribe()
             self._worker = threading.Thread(target=self._work, name="expression_worker", daemon=True)
             self._worker.start()
+            if self.p["resubscribe_after"] > 0:
+                self._watchdog = self.create_timer(min(1.0, self.p["resubscribe_after"]), self._check_input)
         topic = self.sub.topic_name if self.sub else "(none: in-process)"
         self.get_logger().info(f"active: expressions from {topic} -> {self.pub.topic_name}")
         return ret
@@ -176,9 +183,42 @@ class ExpressionNode(AutostartLifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=2.0)
             self._worker = None
+        if self._watchdog is not None:
+            self.destroy_timer(self._watchdog)
+            self._watchdog = None
         if self.sub is not None:
             self.destroy_subscription(self.sub)
             self.sub = None
+
+    def _subscribe(self):
+        events = SubscriptionEventCallbacks(message_lost=self._on_lost)
+        self.sub = self.create_subscription(Image, self.p["image_topic"], self._on_image,
+                                            qos_from_params(self.p, "qos"), event_callbacks=events)
+        self._subscribed_at = time.monotonic()
+
+    def _check_input(self):
+        """Fast DDS (3.2, LARGE_DATA) now and then leaves a reader matched to a live writer with no
+        sample ever delivered (eProsima/Fast-DDS#5758); a new reader is matched afresh. Nothing is
+        done while no publisher is known (the camera is not running); a publisher that is merely
+        quiet (a paused bag) gets ever longer waits, doubled after each try, up to 64x."""
+        if self.sub is None:
+            return
+        with self._lock:
+            last = self._recv_times[-1] if self._recv_times else 0.0
+        if last > self._subscribed_at:
+            self._quiet_streak = 0
+        quiet = time.monotonic() - max(last, self._subscribed_at)
+        wait = self.p["resubscribe_after"] * 2 ** min(self._quiet_streak, 6)
+        if quiet < wait or self.count_publishers(self.sub.topic_name) == 0:
+            return
+        self.destroy_subscription(self.sub)
+        self._subscribe()
+        self._quiet_streak += 1
+        with self._lock:
+            self.stats["resubscribed"] += 1
+        self.get_logger().warning(
+            f"no image for {quiet:.0f} s from {self.sub.topic_name} although a publisher is known: "
+            f"subscribed again ({self.stats['resubscribed']} time(s) so far)")
 
     def _free(self, timeout: float = -1):
         # At exit (timeout >= 0) a frame still in the pipeline is not waited for: launch kills a
@@ -302,7 +342,7 @@ class ExpressionNode(AutostartLifecycleNode):
             "processing_ms_mean": f"{float(np.mean(proc)) if proc else float('nan'):.1f}",
             "frames_received": s["received"], "frames_processed": s["processed"],
             "frames_dropped": s["dropped"], "frames_malformed": s["malformed"], "errors": s["errors"],
-            "frames_lost_in_transport": s["lost"], "frames_large": s["large"],
+            "frames_lost_in_transport": s["lost"], "frames_large": s["large"], "resubscriptions": s["resubscribed"],
             "last_frame_size": "%dx%d" % self._last_size,
             "faces_in_last_frame": s["faces"], "backend": self.backend, "model": self.model_path,
             "detector": self.p["detector"],
