@@ -176,6 +176,9 @@ class ExpressionNode(AutostartLifecycleNode):
         return super().on_shutdown(state)
 
     def _stop_processing(self):
+        if self._watchdog is not None:  # first, so that it cannot make a subscription while this one goes
+            self.destroy_timer(self._watchdog)
+            self._watchdog = None
         with self._wake:
             self._stop = True
             self._pending = None
@@ -183,9 +186,6 @@ class ExpressionNode(AutostartLifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=2.0)
             self._worker = None
-        if self._watchdog is not None:
-            self.destroy_timer(self._watchdog)
-            self._watchdog = None
         if self.sub is not None:
             self.destroy_subscription(self.sub)
             self.sub = None
@@ -247,7 +247,7 @@ class ExpressionNode(AutostartLifecycleNode):
 
     def _on_lost(self, info):
         with self._lock:  # DDS gave up on these samples (large images over best-effort QoS)
-            self.stats["lost"] = int(info.total_count)
+            self.stats["lost"] += int(info.total_count_change)  # summed: a new subscription counts from 0
 
     def _work(self):
         while True:
