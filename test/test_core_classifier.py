@@ -210,6 +210,28 @@ def test_real_model_recognises_clear_expressions():
         assert res[0].expression == expected, (name, res[0].to_dict())
 
 
+@pytest.mark.parametrize("model", ["fp32", "int8"])
+def test_published_label_follows_a_real_face_through_a_video(model):
+    """single_face.mp4 through the default pipeline (detector, crop, tracking, smoothing), as a
+    camera would feed it. Annotated by eye, not by a model: frames 0-15 a face at rest, 24-66 a
+    broad smile with teeth showing. The label must follow the face, without flicker."""
+    from conftest import frames
+    from fer_ros.perception.classifier import default_int8_model_path
+    from fer_ros.perception.pipeline import ExpressionPipeline
+
+    path = default_model_path() if model == "fp32" else default_int8_model_path()
+    pipe = ExpressionPipeline(classifier=ExpressionClassifier(path, backend="onnxruntime"))
+    labels = []
+    for i, f in enumerate(frames("single_face.mp4")):
+        res = pipe.process(f, stamp=i / 30.0)
+        labels.append(res[0].expression if res else None)
+    rest, smile = labels[0:16], labels[24:67]
+    assert rest.count("neutral") >= 0.9 * len(rest), labels
+    assert smile.count("happy") >= 0.9 * len(smile), labels
+    changes = sum(a != b for a, b in zip(labels, labels[1:]))
+    assert changes <= 4, labels  # rest -> smile -> rest, with room for one hesitation
+
+
 def test_real_model_fer2013_publictest_accuracy():
     """Well above chance (1/7; majority class 25%) on 700 FER-2013 PublicTest images."""
     clf = real_model()
