@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import faces, make_onnx_model, need_shared
+from conftest import faces, frames, make_onnx_model, need_shared
 from fer_ros import LABELS
-from fer_ros.perception.classifier import ExpressionClassifier, default_model_path
+from fer_ros.perception.classifier import ExpressionClassifier, default_int8_model_path, default_model_path
 from fer_ros.perception.preprocess import crop_face, crop_faces, normalize, tta_views
 
 
@@ -29,10 +29,11 @@ def clf(model_path):
     return ExpressionClassifier(model_path, backend="onnxruntime")
 
 
-def real_model() -> ExpressionClassifier:
+def real_model(path=None) -> ExpressionClassifier:
+    """The shipped model (default: as ExpressionClassifier() picks it; or one of its files)."""
     if not default_model_path().is_file():
         pytest.skip(f"the trained model is not there yet: {default_model_path()}")
-    return ExpressionClassifier(backend="onnxruntime")
+    return ExpressionClassifier(path, backend="onnxruntime")
 
 
 def test_default_model_paths_point_at_the_shipped_files():
@@ -215,12 +216,10 @@ def test_published_label_follows_a_real_face_through_a_video(model):
     """single_face.mp4 through the default pipeline (detector, crop, tracking, smoothing), as a
     camera would feed it. Annotated by eye, not by a model: frames 0-15 a face at rest, 24-66 a
     broad smile with teeth showing. The label must follow the face, without flicker."""
-    from conftest import frames
-    from fer_ros.perception.classifier import default_int8_model_path
     from fer_ros.perception.pipeline import ExpressionPipeline
 
     path = default_model_path() if model == "fp32" else default_int8_model_path()
-    pipe = ExpressionPipeline(classifier=ExpressionClassifier(path, backend="onnxruntime"))
+    pipe = ExpressionPipeline(classifier=real_model(path))
     labels = []
     for i, f in enumerate(frames("single_face.mp4")):
         res = pipe.process(f, stamp=i / 30.0)
