@@ -85,3 +85,25 @@ def test_a_killed_participant_leaves_files_that_the_cleaner_removes():
             p.kill()
             p.wait()
         clean_zombie_shm()
+
+
+def test_a_quiet_reader_is_renewed_after_ever_longer_waits_until_something_arrives():
+    """The resubscription rule shared by the expression node and the recorder: due after `after`
+    seconds of silence, then after twice as long each try (up to 64x), and back to `after` once a
+    message arrived; 0 turns it off."""
+    from fer_ros.ros.dds import QuietReader
+
+    q = QuietReader(after=5.0)
+    q.subscribed(100.0)
+    assert q.quiet(104.9) == 0.0 and q.quiet(105.0) == 5.0
+    q.renewed(105.0)
+    assert q.quiet(114.9) == 0.0 and q.quiet(115.0) == 10.0  # the second try waits twice as long
+    for k in range(2, 10):
+        q.renewed(q.since)
+    assert q.streak == 9 and q.quiet(q.since + 5.0 * 64) == 5.0 * 64  # capped at 64x
+    q.received(q.since + 1.0)
+    assert q.quiet(q.since + 6.0) == 5.0 and q.streak == 0  # heard something: back to the first wait
+    assert q.count == 9
+    off = QuietReader(after=0.0)
+    off.subscribed(0.0)
+    assert off.quiet(1e6) == 0.0

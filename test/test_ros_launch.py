@@ -195,6 +195,9 @@ def test_both_launchers_give_the_nodes_the_large_data_transport_unless_the_user_
         with pytest.raises(RuntimeError) as started:
             cli.main(["launch", "therapy", "--output", str(tmp_path / "run"), "--nodes", "camera_node"])
         assert started.value.args[0]["FASTDDS_BUILTIN_TRANSPORTS"] == expected
+        # ... and the recorder, in the launcher's own process: with the default transports it
+        # discovered none of the LARGE_DATA nodes and recorded nothing.
+        assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == expected
 
 
 def test_argument_defaults_come_from_the_yaml(tmp_path):
@@ -232,23 +235,32 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
     # Apart from the other ROS tests' domains (1-100), and outside Linux's ephemeral port range
     # (32768-60999): domains 102-214 put DDS ports there, where other sockets can hold them;
     # and apart from test_ros_launch_run's (224-232).
-    env = large_data_env(dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 223))))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--nodes", "camera_node,expression_node",
-           "--duration", "12", "--record", "--output", str(out), "--backend", "onnxruntime"]
     from fer_ros.perception.classifier import default_model_path
 
+    model = []
     if not default_model_path().is_file():
         from test_ros_nodes import model_for_tests
 
-        cmd += ["--model", model_for_tests(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+        model = ["--model", model_for_tests(tmp_path)]
+    # Fast DDS (3.2, LARGE_DATA) now and then leaves two of the three processes without ever
+    # finding each other's topics for the whole run (2 of about 40 runs on the busy 2-core
+    # machine, 6 Dec). The launcher and the node then say that no publisher was found; that one
+    # outcome, the middleware's and not fer_ros', gets a second run on a fresh domain.
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        env = large_data_env(dict(os.environ, ROS_DOMAIN_ID=str(random.randint(215, 223))))
+        cmd = [sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--nodes", "camera_node,expression_node",
+               "--duration", "12", "--record", "--output", str(out), "--backend", "onnxruntime"] + model
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+        said = proc.stdout + proc.stderr
+        if "no publisher of it was found" not in said and "no publisher of /camera/image_raw is known" not in said:
+            break
+    assert proc.returncode == 0, said
     assert str(out) in proc.stdout
     logs = {p.name for p in out.iterdir()}
     # On failure show what the launcher and the nodes said (the recorder prints its frame counts).
     assert {"camera_node.log", "expression_node.log", "expressions.jsonl", "annotated.mp4"} <= logs, \
-        f"files {sorted(logs)}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+        f"files {sorted(logs)} (attempt {attempt + 1})\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
     results = [json.loads(line) for line in (out / "expressions.jsonl").read_text().splitlines()]
     assert len(results) >= 30, f"only {len(results)} results in 12 s\n{proc.stdout}"
     with_face = [r for r in results if len(r["faces"]) == 1]
@@ -258,3 +270,53 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
 
     cap = cv2.VideoCapture(str(out / "annotated.mp4"))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) >= 30 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 640
+
+
+def test_the_recorder_subscribes_again_to_a_quiet_topic_and_records_what_then_arrives(monkeypatch, tmp_path):
+    """The recorder's watchdog: nothing is renewed while no publisher exists; a publisher that
+    sends nothing gets a new subscription on each topic; what is sent afterwards is recorded."""
+    import time
+
+    rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make build`)")
+    import numpy as np
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from fer_ros.msg import FaceExpression, FaceExpressionArray
+    from fer_ros.ros.image import bgr_to_image_msg
+    from fer_ros.ros.launcher import Recorder
+
+    domain = random.randint(1, 100)
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setattr(Recorder, "RESUBSCRIBE_AFTER", 0.5)
+    values = {"annotated_topic": "/recorder_test/image", "expressions_topic": "/recorder_test/faces"}
+    recorder = Recorder(tmp_path, values)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = rclpy.create_node("recorder_test_publisher", context=context)
+    try:
+        time.sleep(2.0)
+        assert recorder.resubscriptions == 0, "resubscribed with no publisher known"
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pub_image = node.create_publisher(Image, values["annotated_topic"], qos)
+        pub_faces = node.create_publisher(FaceExpressionArray, values["expressions_topic"], qos)
+        deadline = time.monotonic() + 15
+        while min(q.count for q in recorder._quiet.values()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(q.count >= 1 for q in recorder._quiet.values()), "a silent topic was not subscribed again"
+        assert recorder.frames == recorder.results == 0
+        frame = bgr_to_image_msg(np.full((48, 64, 3), 128, np.uint8))
+        faces = FaceExpressionArray(faces=[FaceExpression(face_id=7, expression="happy", confidence=0.9)])
+        deadline = time.monotonic() + 15
+        while (recorder.frames == 0 or recorder.results == 0) and time.monotonic() < deadline:
+            pub_image.publish(frame)
+            pub_faces.publish(faces)
+            time.sleep(0.2)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        recorder.close()
+    assert recorder.frames > 0 and recorder.results > 0
+    assert (tmp_path / "annotated.mp4").stat().st_size > 0
+    first = json.loads((tmp_path / "expressions.jsonl").read_text().splitlines()[0])
+    assert first["faces"][0]["face_id"] == 7 and first["faces"][0]["expression"] == "happy"

@@ -60,3 +60,37 @@ def clean_zombie_shm(folder: str | os.PathLike = "/dev/shm") -> int:
             except OSError:
                 pass
     return removed
+
+
+class QuietReader:
+    """When to make a subscription anew that hears nothing while a publisher is known.
+
+    Fast DDS (3.2, LARGE_DATA) now and then leaves a reader matched to a live writer with no
+    sample ever delivered (eProsima/Fast-DDS#5758); a new reader is matched afresh. A publisher
+    that is merely quiet (a paused bag) gets ever longer waits, doubled after each try, up to 64x.
+    The caller owns the subscription; this only keeps the times (all `time.monotonic()`).
+    """
+
+    def __init__(self, after: float):
+        self.after = after
+        self.since = self.last = 0.0
+        self.streak = 0  # tries in a row with nothing received since
+        self.count = 0   # tries in all
+
+    def subscribed(self, now: float) -> None:
+        self.since = now
+
+    def received(self, now: float) -> None:
+        self.last = now
+
+    def quiet(self, now: float) -> float:
+        """Seconds quiet, when that is long enough for a new try; else 0."""
+        if self.last > self.since:
+            self.streak = 0
+        quiet = now - max(self.last, self.since)
+        return quiet if self.after > 0 and quiet >= self.after * 2 ** min(self.streak, 6) else 0.0
+
+    def renewed(self, now: float) -> None:
+        self.streak += 1
+        self.count += 1
+        self.since = now

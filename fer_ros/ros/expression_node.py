@@ -25,6 +25,7 @@ import time
 from collections import deque
 
 import numpy as np
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
@@ -33,6 +34,7 @@ from sensor_msgs.msg import Image, RegionOfInterest
 
 from fer_ros.perception.pipeline import stamp_seconds
 from fer_ros.perception.settings import SETTINGS, build_pipeline
+from .dds import QuietReader
 from .image import image_msg_to_bgr, bgr_to_image_msg
 from .params import (AutostartLifecycleNode, Param, declare_params, key_values, publish_diagnostics_every,
                      qos_from_params, qos_params, recent_rate, run_node)
@@ -97,8 +99,8 @@ class ExpressionNode(AutostartLifecycleNode):
         self.p = declare_params(self, PARAMS)
         self.subscribe = subscribe
         self.pipeline = self.pub = self.pub_annotated = self.sub = self._worker = self._watchdog = None
-        self._subscribed_at = 0.0
-        self._quiet_streak = 0  # resubscriptions in a row with no image since: each doubles the wait
+        self._quiet = QuietReader(self.p["resubscribe_after"])
+        self._told_no_publisher = False
         self.backend = self.model_path = ""
         self._config_error = None
 
@@ -147,7 +149,7 @@ class ExpressionNode(AutostartLifecycleNode):
             self.backend = str(self.pipeline.classifier.backend)
         if self.subscribe:
             self._stop = False
-            self._quiet_streak = 0
+            self._quiet = QuietReader(self.p["resubscribe_after"])
             self._subscribe()
             self._worker = threading.Thread(target=self._work, name="expression_worker", daemon=True)
             self._worker.start()
@@ -194,26 +196,29 @@ class ExpressionNode(AutostartLifecycleNode):
         events = SubscriptionEventCallbacks(message_lost=self._on_lost)
         self.sub = self.create_subscription(Image, self.p["image_topic"], self._on_image,
                                             qos_from_params(self.p, "qos"), event_callbacks=events)
-        self._subscribed_at = time.monotonic()
+        self._quiet.subscribed(time.monotonic())
 
     def _check_input(self):
-        """Fast DDS (3.2, LARGE_DATA) now and then leaves a reader matched to a live writer with no
-        sample ever delivered (eProsima/Fast-DDS#5758); a new reader is matched afresh. Nothing is
-        done while no publisher is known (the camera is not running); a publisher that is merely
-        quiet (a paused bag) gets ever longer waits, doubled after each try, up to 64x."""
+        """A subscription that hears nothing while a publisher is known is made anew (see
+        dds.QuietReader); with no publisher at all, the log says so once per quiet spell."""
         if self.sub is None:
             return
-        with self._lock:
-            last = self._recv_times[-1] if self._recv_times else 0.0
-        if last > self._subscribed_at:
-            self._quiet_streak = 0
-        quiet = time.monotonic() - max(last, self._subscribed_at)
-        wait = self.p["resubscribe_after"] * 2 ** min(self._quiet_streak, 6)
-        if quiet < wait or self.count_publishers(self.sub.topic_name) == 0:
+        if self._quiet.last > self._quiet.since:
+            self._told_no_publisher = False
+        quiet = self._quiet.quiet(time.monotonic())
+        if not quiet:
+            return
+        if self.count_publishers(self.sub.topic_name) == 0:
+            if not self._told_no_publisher:  # a wrong topic, or a camera not started
+                self._told_no_publisher = True
+                seen = sorted(n for n in self.get_node_names() if n != self.get_name())
+                self.get_logger().warning(f"no image for {quiet:.0f} s: no publisher of {self.sub.topic_name} "
+                                          "is known (is the camera running, and is image_topic right?); "
+                                          f"nodes seen: {', '.join(seen) or 'none'}")
             return
         self.destroy_subscription(self.sub)
         self._subscribe()
-        self._quiet_streak += 1
+        self._quiet.renewed(time.monotonic())
         with self._lock:
             self.stats["resubscribed"] += 1
         self.get_logger().warning(
@@ -239,7 +244,9 @@ class ExpressionNode(AutostartLifecycleNode):
     def _on_image(self, msg):
         with self._wake:
             self.stats["received"] += 1
-            self._recv_times.append(time.monotonic())
+            now = time.monotonic()
+            self._recv_times.append(now)
+            self._quiet.received(now)
             if self._pending is not None:
                 self.stats["dropped"] += 1  # the worker was busy: the older frame is stale
             self._pending = msg
@@ -354,6 +361,14 @@ class ExpressionNode(AutostartLifecycleNode):
 
     def destroy_node(self):
         self._stop_processing()
+        with self._lock:  # what this run did, in one line: the first thing to read when no label came out
+            s = dict(self.stats)
+        # After Ctrl-C the context is gone and /rosout with it: the console alone then.
+        logger = self.get_logger() if self.context.ok() else rclpy.logging.get_logger(self.get_logger().name + ".stop")
+        logger.info(
+            f"stopping: {s['received']} image(s) received, {s['processed']} processed, {s['dropped']} dropped "
+            f"(busy), {s['lost']} lost in transport, {s['malformed']} malformed, {s['errors']} failed, "
+            f"{s['resubscribed']} resubscription(s)")
         self._free(timeout=1.0)
         return super().destroy_node()
 

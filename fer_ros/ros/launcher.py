@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import node_set
-from .dds import clean_zombie_shm, large_data_env
+from .dds import QuietReader, clean_zombie_shm, large_data_env
 
 
 def add_arguments(parser):
@@ -61,7 +61,11 @@ def _pump(name: str, stream, log_path: Path):
 
 
 class Recorder:
-    """In-process subscriber writing annotated.mp4 and expressions.jsonl."""
+    """In-process subscriber writing annotated.mp4 and expressions.jsonl. A subscription that
+    hears nothing while a publisher is known is made anew (dds.QuietReader), as in the
+    expression node."""
+
+    RESUBSCRIBE_AFTER = 5.0
 
     def __init__(self, folder: Path, values: dict):
         import rclpy
@@ -74,13 +78,19 @@ class Recorder:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("fer_ros_recorder", context=self.context)
-        qos = QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE)
         self.folder, self.writer, self.frames, self.results = folder, None, 0, 0
         self.closing = False
         self.annotated_topic = values["annotated_topic"]
+        self.publishers_seen = {}  # topic -> most publishers counted at once
+        self.nodes_seen = set()
         self.jsonl = open(folder / "expressions.jsonl", "w", buffering=1)
-        self.node.create_subscription(Image, values["annotated_topic"], self._on_image, qos)
-        self.node.create_subscription(FaceExpressionArray, values["expressions_topic"], self._on_faces, qos)
+        self._qos = QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE)
+        self._topics = {values["annotated_topic"]: (Image, self._on_image),
+                        values["expressions_topic"]: (FaceExpressionArray, self._on_faces)}
+        self._subs, self._quiet = {}, {t: QuietReader(self.RESUBSCRIBE_AFTER) for t in self._topics}
+        for topic in self._topics:
+            self._subscribe(topic)
+        self.node.create_timer(1.0, self._check_input)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
@@ -94,6 +104,33 @@ class Recorder:
             except Exception as exc:
                 if not self.closing and self.context.ok():  # else: shutting down, the loop ends
                     print(f"fer-ros launch: recorder callback failed: {exc!r}", file=sys.stderr, flush=True)
+
+    def _subscribe(self, topic: str):
+        msg_type, callback = self._topics[topic]
+
+        def heard(msg):
+            self._quiet[topic].received(time.monotonic())
+            callback(msg)
+
+        self._subs[topic] = self.node.create_subscription(msg_type, topic, heard, self._qos)
+        self._quiet[topic].subscribed(time.monotonic())
+
+    def _check_input(self):
+        self.nodes_seen.update(n for n in self.node.get_node_names() if n != self.node.get_name())
+        for topic, quiet_reader in self._quiet.items():
+            count = self.node.count_publishers(topic)
+            self.publishers_seen[topic] = max(count, self.publishers_seen.get(topic, 0))
+            quiet = quiet_reader.quiet(time.monotonic())
+            if quiet and count:
+                self.node.destroy_subscription(self._subs[topic])
+                self._subscribe(topic)
+                quiet_reader.renewed(time.monotonic())
+                print(f"fer-ros launch: recorder: nothing on {topic} for {quiet:.0f} s although a publisher is "
+                      f"known: subscribed again ({quiet_reader.count} time(s) so far)", file=sys.stderr, flush=True)
+
+    @property
+    def resubscriptions(self) -> int:
+        return sum(q.count for q in self._quiet.values())
 
     def _on_image(self, msg):
         import cv2
@@ -164,8 +201,9 @@ def run(args) -> int:
     if args.session_log_dir is None:  # keep everything of this run in one folder
         values["session_log_dir"] = str(folder / "therapy_sessions")
 
-    env = dict(os.environ)
-    large_data_env(env)  # images between processes
+    # Images between processes: the nodes and this process' recorder must share the transport
+    # (a participant with the default transports does not discover LARGE_DATA ones).
+    env = dict(large_data_env())
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
     # Children import fer_ros from where this one came from (checkout or install).
@@ -235,9 +273,13 @@ def run(args) -> int:
         t.join(timeout=2)
     if recorder is not None:
         recorder.close()
-        print(f"fer-ros launch: recorded {recorder.frames} annotated frames, {recorder.results} results")
+        again = f" ({recorder.resubscriptions} resubscription(s))" if recorder.resubscriptions else ""
+        print(f"fer-ros launch: recorded {recorder.frames} annotated frames, {recorder.results} results{again}")
         if recorder.frames == 0:
-            print(f"fer-ros launch: warning: no annotated image arrived on {recorder.annotated_topic}; "
+            seen = recorder.publishers_seen.get(recorder.annotated_topic, 0)
+            why = "a publisher was known" if seen else \
+                f"no publisher of it was found; nodes seen: {', '.join(sorted(recorder.nodes_seen)) or 'none'}"
+            print(f"fer-ros launch: warning: no annotated image arrived on {recorder.annotated_topic} ({why}); "
                   "no annotated.mp4 written", file=sys.stderr)
     print(f"fer-ros launch: logs{' and recordings' if recorder else ''} in {folder}")
     return rc
