@@ -134,3 +134,32 @@ def test_l2sp_pulls_the_backbone_back_to_its_initial_weights(faces, tmp_path):
     anchored, _ = train_model(faces, None, _cfg(tmp_path, init=str(ck), epochs=3, l2sp=5.0), quiet=True)
     assert drift(anchored, head=False) < 0.5 * drift(plain, head=False)
     assert drift(anchored, head=True) > 0.0  # the classifier is not anchored: it still learns
+
+
+def test_distilling_from_the_initial_model_keeps_its_answers_where_the_labels_pull_away(faces, tmp_path):
+    """`distill="init"` (learning without forgetting): the teacher is the initial model itself, on
+    the clean training faces. A start model that says 'surprise' to every face keeps saying it
+    when only the teacher counts, while training on the labels alone moves it off."""
+    torch.manual_seed(3)
+    start = MobileNetV1(width=0.25)
+    surprise = list(faces.class_names).index("surprise")
+    with torch.no_grad():
+        start.classifier.bias[surprise] = 6.0
+    ck = tmp_path / "start.pt"
+    from training.model import save_checkpoint
+    save_checkpoint(ck, start)
+
+    def says_surprise(model):
+        from fer_ros.perception.preprocess import normalize
+
+        model.eval()
+        with torch.no_grad():
+            return float(np.mean(model(torch.from_numpy(normalize(faces.images))).argmax(1).numpy() == surprise))
+
+    start.eval()
+    assert says_surprise(start) == 1.0 and np.mean(faces.labels == surprise) < 0.3
+    kw = dict(init=str(ck), epochs=4, center_lambda=0.0, distill_t=1.0)
+    kept, _ = train_model(faces, None, _cfg(tmp_path, distill="init", distill_weight=1.0, **kw), quiet=True)
+    labels, _ = train_model(faces, None, _cfg(tmp_path, **kw), quiet=True)
+    assert says_surprise(kept) > 0.9
+    assert says_surprise(labels) < 0.5

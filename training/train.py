@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from fer_ros import LABELS
 from training import data as D
-from training.evaluate import evaluate, pick_device, recalibrate_bn
+from training.evaluate import evaluate, pick_device, predict_logits, recalibrate_bn
 from training.losses import CenterLoss, classification_loss
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
 from training.report import plot_confusion, plot_curves, write_json
@@ -80,7 +80,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the paper's plain softmax loss)
     l2sp: float = 0.0  # >0: add l2sp/2 * ||w - w_init||^2 over the layers before the classifier (L2-SP,
     # Li et al. 2018): stage 2 is pulled back to what stage 1 learned, not only towards 0 (weight decay)
-    distill: str = ""  # .npy of teacher logits [N, C], one row per training face (training.distill)
+    distill: str = ""  # .npy of teacher logits [N, C], one row per training face (training.distill), or
+    # "init": the initial model's own answers (flip + crops averaged) on the clean training faces, taken
+    # before training: a stage 2 that learns the new labels without forgetting stage 1's (Li & Hoiem, LwF)
     distill_weight: float = 0.5  # loss = (1-w) * CE + w * T^2 * KL(teacher_T || student_T)
     distill_t: float = 2.0  # softmax temperature of the distillation term
     ema: float = 0.0  # >0: keep an exponential moving average of the weights (decay per step);
@@ -273,7 +275,13 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     init_state = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if cfg.interp < 1 else None)
-    # L2-SP's anchor: the backbone as initialised (stage 1), taken before a resume loads later weights
+    # LwF's teacher and L2-SP's anchor: the model as initialised (stage 1), before a resume loads later weights
+    teacher_all = None
+    if cfg.distill == "init":
+        teacher_all = torch.from_numpy(predict_logits(model, train.faces48(), device, batch=256, flip=True,
+                                                      crops=True)).to(device)
+        log.info("distilling from the initial model: its accuracy on the training faces %.4f",
+                 float((teacher_all.argmax(1).cpu().numpy() == train.labels).mean()))
     anchor = ([(p, p.detach().clone()) for n, p in model.named_parameters() if not n.startswith("classifier.")]
               if cfg.l2sp > 0 else [])
     closs = CenterLoss(len(class_names), model.feature_dim, cfg.center_reduction).to(device)
@@ -302,8 +310,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     pool = ThreadPoolExecutor(1)  # augments the next epoch while this one trains
     nxt = pool.submit(_epoch_data, train, cfg, start) if start < cfg.epochs else None
     labels_all = torch.from_numpy(train.labels).to(device)
-    teacher_all = None
-    if cfg.distill:
+    if cfg.distill and cfg.distill != "init":
         teacher = np.load(cfg.distill, allow_pickle=False)
         if teacher.shape != (len(train), len(class_names)):
             raise ValueError(f"{cfg.distill}: teacher logits {teacher.shape}, need ({len(train)}, {len(class_names)})")
