@@ -243,7 +243,7 @@ def test_local_launcher_runs_the_demo_and_records(tmp_path):
 
         model = ["--model", model_for_tests(tmp_path)]
     # Fast DDS (3.2, LARGE_DATA) now and then leaves two of the three processes without ever
-    # finding each other's topics for the whole run (2 of about 40 runs on the busy 2-core
+    # finding each other's topics for the whole run (2 of 57 runs on the busy 2-core
     # machine, 6 Dec). The launcher and the node then say that no publisher was found; that one
     # outcome, the middleware's and not fer_ros', gets a second run on a fresh domain.
     for attempt in range(2):
