@@ -8,6 +8,7 @@ node with exit code 0 and no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import random
@@ -119,19 +120,28 @@ class Running:
         self.reader.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def ros():
+@contextlib.contextmanager
+def probe(name: str = "launch_test_probe"):
+    """A node of the test's own, in its own context (its own DDS participant), spinning."""
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN)
-    node = rclpy.create_node("launch_test_probe", context=context)
+    node = rclpy.create_node(name, context=context)
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
-    yield node
-    executor.shutdown(timeout_sec=2)
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    with probe() as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
@@ -220,17 +230,32 @@ def test_show_args_lists_every_argument_with_its_description():
         assert block.group(1).startswith(description.split(":")[0]), (name, block.group(1))
 
 
+def _nodes_seen(node, want: set, seconds: float) -> set:
+    deadline = time.monotonic() + seconds
+    while True:
+        names = set(node.get_node_names())
+        if want <= names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)
+
+
 @need_ros2_launch
 def test_ros2_launch_starts_the_nodes_with_arguments_remaps_and_an_active_expression_node(ros, launched):
     launched.wait_for(r"\[expression_node[^\]]*\].*active: expressions from")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        names = set(ros.get_node_names())
-        if {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names:
-            break
-        time.sleep(0.5)
-    assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= names, \
-        f"{names}\n{node_report(launched.output)}\n{launched.thread_stacks()}"
+    want = {"camera_node", "expression_node", "therapy_node", "hri_bridge"}
+    names = _nodes_seen(ros, want, 30)
+    with contextlib.ExitStack() as stack:
+        if not want <= names:
+            # Fast DDS (3.2, LARGE_DATA) now and then never matches two participants (seen once here:
+            # this probe and a live hri_bridge, for 60 s; docs/ros.md). A new participant is matched
+            # afresh; a node that did not start stays missing.
+            ros = stack.enter_context(probe("launch_test_probe_2"))
+            names = _nodes_seen(ros, want, 40)
+        assert want <= names, f"{names}\n{node_report(launched.output)}\n{launched.thread_stacks()}"
+        _check_the_running_set(ros, launched)
+
+
+def _check_the_running_set(ros, launched):
     results = collect(ros, FaceExpressionArray, EXPRESSIONS, 30.0, until=lambda r: len(r) >= 20)  # remapped
     assert len(results) >= 20, f"{len(results)} results in 30 s\n{stall_report(ros, launched)}"
     assert sum(len(r.faces) == 1 for r in results) >= 0.8 * len(results)  # the demo's one face
