@@ -83,9 +83,15 @@ class QuietReader:
     def received(self, now: float) -> None:
         self.last = now
 
+    @property
+    def heard(self) -> bool:
+        """Something arrived since the subscription was (re)made."""
+        return self.last > self.since
+
     def quiet(self, now: float) -> float:
-        """Seconds quiet, when that is long enough for a new try; else 0."""
-        if self.last > self.since:
+        """Seconds quiet, when that is long enough for a new try; else 0. Having heard
+        something since the last try brings the wait back to `after`."""
+        if self.heard:
             self.streak = 0
         quiet = now - max(self.last, self.since)
         return quiet if self.after > 0 and quiet >= self.after * 2 ** min(self.streak, 6) else 0.0

@@ -203,7 +203,7 @@ class ExpressionNode(AutostartLifecycleNode):
         dds.QuietReader); with no publisher at all, the log says so once per quiet spell."""
         if self.sub is None:
             return
-        if self._quiet.last > self._quiet.since:
+        if self._quiet.heard:
             self._told_no_publisher = False
         quiet = self._quiet.quiet(time.monotonic())
         if not quiet:
