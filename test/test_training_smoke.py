@@ -198,3 +198,44 @@ def test_epoch_ceiling_reads_the_fold_histories(small_fer, tmp_path):
     hist = [json.loads((tmp_path / "cv" / f"fold{i}" / "history.json").read_text()) for i in range(3)]
     assert c["best_epoch_per_fold"] == pytest.approx(np.mean([max(h["val_acc"] for h in f) for f in hist]))
     assert c["best_epoch_per_fold"] >= c["last_epoch"]
+
+
+def test_mixup_loss_matches_the_blend_of_labels_and_teachers(small_fer):
+    """With mixup the loss on a blended batch must pull the logits towards the same blend of the two
+    faces' targets: its gradient equals that of cross-entropy against the blended label distribution
+    (CE part) plus T^2 KL against the blended teacher distribution (distillation part)."""
+    from training.losses import CenterLoss
+    from training.train import _Losses
+    torch.manual_seed(0)
+    n, c, t, w, lam = 16, 7, 2.0, 0.5, 0.7
+    cfg = _cfg(1, center_lambda=0.0, distill_weight=w, distill_t=t)
+    teacher = torch.randn(n, c) * 3
+    losses = _Losses(cfg, CenterLoss(c, 4), teacher)
+    y = torch.randint(0, c, (n,))
+    idx = torch.arange(n)
+    j = torch.randperm(n)
+    logits = torch.randn(n, c, requires_grad=True)
+    losses(logits, torch.zeros(n, 4), y, idx, (lam, j)).backward()
+    got = logits.grad.clone()
+
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    onehot = torch.nn.functional.one_hot(y, c).float()
+    p_label = lam * onehot + (1 - lam) * onehot[j]
+    p_teach = lam * torch.softmax(teacher / t, 1) + (1 - lam) * torch.softmax(teacher[j] / t, 1)
+    ce = -(p_label * torch.log_softmax(ref_logits, 1)).sum(1).mean()
+    kd = -(p_teach * torch.log_softmax(ref_logits / t, 1)).sum(1).mean() * t * t  # KL up to a constant
+    ((1 - w) * ce + w * kd).backward()
+    torch.testing.assert_close(got, ref_logits.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_mixup_training_blends_batches_and_repeats_itself(small_fer):
+    """A mixup run trains on other inputs than a plain one (its loss differs), and the same seed
+    gives the same run (the blends are drawn per epoch from the seed, so --resume repeats them)."""
+    torch.set_num_threads(2)
+    train = small_fer[0].subset(np.arange(128))
+    hist = {}
+    for name, mix in (("plain", 0.0), ("mix", 0.4), ("mix again", 0.4)):
+        _, r = train_model(train, None, _cfg(1, augment=False, mixup=mix), out=None, quiet=True, select=False)
+        hist[name] = r["history"][0]["train_loss"]
+    assert np.isfinite(hist["mix"]) and hist["mix"] != hist["plain"]
+    assert hist["mix"] == hist["mix again"]

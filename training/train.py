@@ -60,6 +60,8 @@ class TrainConfig:
     photo: bool = False  # random gamma, contrast, brightness and blur (training.data.photometric)
     rotate: float = 0.0  # >0: also rotate training faces by up to this many degrees
     erase: float = 0.0  # >0: random erasing of one rectangle with this probability
+    mixup: float = 0.0  # >0: blend each batch with a shuffled copy of itself, weight ~ Beta(mixup, mixup),
+    # and the loss terms (labels and teacher) by the same weight (Zhang et al. 2018)
     clip_grad: float = 0.0  # >0: clip the gradient's global norm to this
     even_batches: bool = False  # split each epoch into equal batches instead of full ones and a remainder
     # (a remainder of a few faces gets a full step at a high lr, with BatchNorm statistics of those few)
@@ -182,14 +184,23 @@ class _Losses:
         self.cfg, self.closs, self.teacher_all = cfg, closs, teacher_all
         self.anchor = anchor  # L2-SP: (parameter, its initial value) pairs
 
-    def __call__(self, logits, feats, y, idx):
+    def __call__(self, logits, feats, y, idx, mix=None):
+        """mix = (lam, j): the batch is lam * x + (1 - lam) * x[j]; every term is weighted the same
+        way (for the KL term that equals matching the blend of the two teacher distributions)."""
+        loss = self._terms(logits, feats, y, idx)
+        if mix is not None:
+            lam, j = mix
+            loss = lam * loss + (1 - lam) * self._terms(logits, feats, y[j], idx[j])
+        if self.anchor:
+            loss = loss + 0.5 * self.cfg.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in self.anchor)
+        return loss
+
+    def _terms(self, logits, feats, y, idx):
         cfg = self.cfg
         teacher = self.teacher_all[idx] if self.teacher_all is not None else None
         loss = classification_loss(logits, y, cfg.label_smoothing, teacher, cfg.distill_weight, cfg.distill_t)
         if cfg.center_lambda > 0:
             loss = loss + cfg.center_lambda * self.closs(feats, y)
-        if self.anchor:
-            loss = loss + 0.5 * cfg.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in self.anchor)
         return loss
 
     def after_step(self, feats, y):
@@ -209,7 +220,7 @@ def batch_edges(n: int, batch: int, even: bool) -> list[int]:
 
 
 def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg: TrainConfig, device, probe: bool,
-                 desc: str, show: bool):
+                 epoch: int, desc: str, show: bool):
     """One pass over the augmented faces in `perm` order; returns (mean loss, accuracy)."""
     model.train()
     if probe:  # linear probe: frozen features, BatchNorm statistics included
@@ -225,15 +236,23 @@ def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg:
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     perm_t = torch.from_numpy(perm).to(device)
+    mix_rng = np.random.default_rng([cfg.seed, epoch, 17])  # per epoch, so that --resume repeats it
     for b in steps:
         idx = perm_t[edges[b]:edges[b + 1]]
         x = x_all[idx].float().unsqueeze(1).mul_(1 / 127.5).sub_(1.0)  # == preprocess.normalize
         x = x.contiguous(memory_format=torch.channels_last)
         y = labels_all[idx]
+        mix = None
+        if cfg.mixup > 0 and len(y) > 1:
+            lam = float(mix_rng.beta(cfg.mixup, cfg.mixup))
+            lam = max(lam, 1 - lam)  # the same blends (the partner is random); accuracy and center updates
+            j = torch.from_numpy(mix_rng.permutation(len(y))).to(device)  # follow the larger share, y
+            x = lam * x + (1 - lam) * x[j]
+            mix = (lam, j)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits, feats = model(x, return_features=True)
         logits, feats = logits.float(), feats.float()
-        loss = losses(logits, feats, y, idx)
+        loss = losses(logits, feats, y, idx, mix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad > 0:
@@ -330,7 +349,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
         for g in opt.param_groups:
             g["lr"] = lr * (g["lr_mult"] if not probe else float(g["head"]))
         loss, acc = _train_epoch(model, opt, losses, ema, torch.from_numpy(faces).to(device), labels_all, perm, cfg,
-                                 device, probe, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and not quiet)
+                                 device, probe, epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and not quiet)
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_acc": acc, "epoch_s": None}
         if swa is not None and epoch + 1 >= cfg.swa_from:
             swa.add(evalm)
