@@ -176,10 +176,12 @@ def paper_entry(runs: list[Path]) -> dict:
         raise ValueError(f"no result.json in {', '.join(missing)} (not a finished run?)")
     rs = [json.loads((Path(r) / "result.json").read_text()) for r in runs]
     kinds = {r.get("kind") for r in rs}
-    if len(kinds) != 1 or kinds - {"cv", "cross"}:
-        raise ValueError(f"{runs}: expected finished CV runs or cross-dataset runs of one kind, got {kinds}")
+    if len(kinds) != 1 or kinds - {"cv", "cross", "stage1"}:
+        raise ValueError(f"{runs}: expected finished CV, cross-dataset or stage-1 runs of one kind, got {kinds}")
     kind = kinds.pop()
-    vals = [100 * (r["mean_accuracy"] if kind == "cv" else r["test"]["accuracy"]) for r in rs]
+    key = {"cv": lambda r: r["mean_accuracy"], "cross": lambda r: r["test"]["accuracy"],
+           "stage1": lambda r: r["val"]["accuracy"]}[kind]  # stage 1: PublicTest, the selected epoch
+    vals = [100 * key(r) for r in rs]
     out = {"mean": round(float(np.mean(vals)), 2), "sd": round(float(np.std(vals)), 2), "n_runs": len(rs),
            "runs": [{"run": str(p), "accuracy": round(v, 2), "command": r.get("command"), "commit": r.get("commit"),
                      "seed": r["config"].get("seed")} for p, r, v in zip(runs, rs, vals)]}

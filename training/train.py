@@ -28,7 +28,7 @@ from training import data as D
 from training.evaluate import evaluate, pick_device, predict_logits, recalibrate_bn
 from training.losses import CenterLoss, classification_loss
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
-from training.report import plot_confusion, plot_curves, write_json
+from training.report import plot_confusion, plot_curves, provenance, write_json
 from training.weights import WeightAverage, WeightEMA, interpolate
 
 
@@ -453,6 +453,8 @@ def main(argv=None) -> int:
     if cfg.select not in ("best", "last"):
         ap.error(f"--select must be best or last, got {cfg.select!r}")
     _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet, select=cfg.select == "best")
+    res.update(kind="stage1", **provenance("training.train", argv))  # training.results reads stage-1 runs too
+    write_json(res, Path(a.out) / "result.json")
     v = res["val"]
     print(f"PublicTest accuracy {v['accuracy']:.4f} macro F1 {v['macro_f1']:.4f} (epoch {res['selected_epoch']}); "
           f"{len(res['history'])} epochs; run dir {a.out}")
