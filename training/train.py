@@ -244,9 +244,11 @@ def _train_epoch(model, opt, losses: _Losses, ema, x_all, labels_all, perm, cfg:
         y = labels_all[idx]
         mix = None
         if cfg.mixup > 0 and len(y) > 1:
+            # lam >= 0.5 gives the same blends (the partner is random) and lets the accuracy and the
+            # centre updates follow the larger share, y
             lam = float(mix_rng.beta(cfg.mixup, cfg.mixup))
-            lam = max(lam, 1 - lam)  # the same blends (the partner is random); accuracy and center updates
-            j = torch.from_numpy(mix_rng.permutation(len(y))).to(device)  # follow the larger share, y
+            lam = max(lam, 1 - lam)
+            j = torch.from_numpy(mix_rng.permutation(len(y))).to(device)
             x = lam * x + (1 - lam) * x[j]
             mix = (lam, j)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
