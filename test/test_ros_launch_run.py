@@ -62,9 +62,10 @@ def env():
 class Running:
     """A launcher in its own process group (like a terminal's foreground job), output collected."""
 
-    def __init__(self, cmd):
+    def __init__(self, cmd, sigint_ignored: bool = False):
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True, preexec_fn=ignore)
         self.lines = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
                                        daemon=True)
@@ -97,9 +98,9 @@ class Running:
             self.stop()
 
     def node_pids(self) -> list[int]:
-        """The launched nodes still running (ros2 launch logs each one's pid)."""
-        return [pid for pid in map(int, re.findall(r"process started with pid \[(\d+)\]", self.output))
-                if Path(f"/proc/{pid}").exists()]
+        """The launched nodes still running (ros2 launch and fer-ros launch log each one's pid)."""
+        pids = re.findall(r"process started with pid \[(\d+)\]|fer-ros launch: \w+ started \(pid (\d+)\)", self.output)
+        return [pid for pid in (int("".join(m)) for m in pids) if Path(f"/proc/{pid}").exists()]
 
     def thread_stacks(self, pids=None) -> str:
         """Every node's Python thread stacks (SIGUSR1, see params.run_node), as they appear in
@@ -339,11 +340,16 @@ def test_ctrl_c_stops_every_node_of_ros2_launch_cleanly(launched):
 
 
 def test_ctrl_c_stops_every_node_of_fer_ros_launch_cleanly(tmp_path):
+    # Started with SIGINT ignored, as a script's background job is (`fer-ros launch ... &`): the
+    # launcher must still stop on it, as ros2 launch does. A launcher that left this to Python's
+    # default handler ran on for the whole session (a fresh-clone run started with `&`, 6 Dec).
     run = Running([sys.executable, "-m", "fer_ros.cli", "launch", "therapy", "--output", str(tmp_path / "run"),
-                   "--backend", "onnxruntime", "--nodes", "camera_node,expression_node,therapy_node"])
+                   "--backend", "onnxruntime", "--nodes", "camera_node,expression_node,therapy_node"],
+                  sigint_ignored=True)
     try:
         run.wait_for(r"\[expression_node\].*active: expressions from")
         time.sleep(1.0)
+        assert len(run.node_pids()) == 3, run.output  # so that a hang would show the nodes' stacks
         rc = run.ctrl_c()
     finally:
         run.stop()

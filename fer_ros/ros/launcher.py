@@ -215,6 +215,10 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
+    # Also SIGINT, explicitly: a launcher started in the background of a script inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt for it, so `kill -INT` would leave the nodes running
+    # (ros2 launch, and each node's run_node, also install their own SIGINT handler).
+    signal.signal(signal.SIGINT, interrupt)
     print(f"fer-ros launch therapy: config {config}; output folder {folder}")
     if zombies := clean_zombie_shm():
         print(f"removed {zombies} shared-memory files of Fast DDS participants that died earlier")
@@ -231,6 +235,7 @@ def run(args) -> int:
         t.start()
         procs.append((spec.name, proc))
         pumps.append(t)
+        print(f"fer-ros launch: {spec.name} started (pid {proc.pid})")
     recorder = Recorder(folder, values) if args.record else None
 
     rc, reason = 0, "finished"
