@@ -118,6 +118,11 @@ class Running:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        for pid in self.node_pids():  # fer-ros launch's nodes run in their own sessions: not left behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # it ended meanwhile
+                pass
         self.reader.join(timeout=5)
 
 
