@@ -106,11 +106,7 @@ class Running:
         """Every node's Python thread stacks (SIGUSR1, see params.run_node), as they appear in
         the output 2 s later; for failure messages."""
         before = len(self.output)
-        for pid in self.node_pids() if pids is None else pids:
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except OSError:  # it ended meanwhile
-                pass
+        self._signal_nodes(signal.SIGUSR1, pids)
         time.sleep(2.0)
         return "thread stacks:\n" + self.output[before:][-12000:]
 
@@ -118,12 +114,15 @@ class Running:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        for pid in self.node_pids():  # fer-ros launch's nodes run in their own sessions: not left behind
+        self._signal_nodes(signal.SIGKILL)  # fer-ros launch's nodes run in their own sessions: not left behind
+        self.reader.join(timeout=5)
+
+    def _signal_nodes(self, sig, pids=None):
+        for pid in self.node_pids() if pids is None else pids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except OSError:  # it ended meanwhile
                 pass
-        self.reader.join(timeout=5)
 
 
 @contextlib.contextmanager

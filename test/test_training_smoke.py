@@ -244,8 +244,6 @@ def test_mixup_training_blends_batches_and_repeats_itself(small_fer):
 def test_stage1_cli_result_names_its_command_and_feeds_the_sweep(tmp_path):
     """The stage-1 command's result.json carries its command line and commit, so that
     `training.results sweep` can turn stage-1 runs (the centre-loss sweep on FER-2013) into a table."""
-    import json
-
     from training import results as R
     from training.train import main
     torch.set_num_threads(2)

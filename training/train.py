@@ -279,11 +279,12 @@ def _load(path, device):
 
 
 def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=None, resume: bool = False,
-                quiet: bool = False, select: bool = True, save_last: bool = True):
+                quiet: bool = False, select: bool = True, save_last: bool = True, stamp: dict | None = None):
     """Train on `train`; evaluate `val` each epoch. Returns (model at best val accuracy when
     select=True (else the last epoch, or the late-epoch average with swa_from, moved towards
-    the initial weights with interp < 1), result dict). With `out`, writes checkpoints and logs
-    there; resume=True continues from out/last.pt (written every epoch unless save_last=False)."""
+    the initial weights with interp < 1), result dict, with `stamp` merged in). With `out`, writes
+    checkpoints and logs there; resume=True continues from out/last.pt (written every epoch unless
+    save_last=False)."""
     out = Path(out) if out else None
     log = _setup_log(out, quiet)
     device = pick_device(cfg.device)
@@ -409,7 +410,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     model = model.to(memory_format=torch.contiguous_format).eval()
     result = {"config": asdict(cfg), "train_counts": train.counts(), "class_names": list(class_names),
               "history": history, "train_seconds_this_run": train_s, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", **(stamp or {})}
     if val is not None:
         m, _ = evaluate(model, val, device, flip=cfg.eval_flip, crops=cfg.eval_crops)
         result["val"] = m
@@ -454,9 +455,8 @@ def main(argv=None) -> int:
         val = val.subset(np.arange(min(a.val_limit, len(val))))
     if cfg.select not in ("best", "last"):
         ap.error(f"--select must be best or last, got {cfg.select!r}")
-    _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet, select=cfg.select == "best")
-    res.update(kind="stage1", **provenance("training.train", argv))  # training.results reads stage-1 runs too
-    write_json(res, Path(a.out) / "result.json")
+    _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet, select=cfg.select == "best",
+                         stamp={"kind": "stage1", **provenance("training.train", argv)})  # for training.results
     v = res["val"]
     print(f"PublicTest accuracy {v['accuracy']:.4f} macro F1 {v['macro_f1']:.4f} (epoch {res['selected_epoch']}); "
           f"{len(res['history'])} epochs; run dir {a.out}")
