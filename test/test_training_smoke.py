@@ -259,3 +259,37 @@ def test_stage1_cli_result_names_its_command_and_feeds_the_sweep(tmp_path):
     (row,) = json.loads(table.read_text())["settings"]
     assert row["center_lambda"] == 0.01 and row["mean"] == pytest.approx(round(100 * r["val"]["accuracy"], 2))
     assert row["runs"][0]["command"] == r["command"]
+
+
+def test_soup_averages_like_checkpoints_and_recomputes_bn_on_real_faces(tmp_path):
+    """`training.soup`: parameters are the members' mean; BatchNorm statistics are recomputed
+    as exact averages over the Training faces; unlike networks are refused."""
+    from fer_ros.perception.mobilenet import build
+    from training.model import save_checkpoint
+    from training.soup import main
+    torch.set_num_threads(2)
+    cfg = {"arch": "mobilenet_v1", "width": 0.25, "num_classes": 7, "in_channels": 1, "dropout": 0.5}
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"m{seed}.pt")
+        save_checkpoint(paths[-1], build(cfg), centers=torch.full((7, 4), float(seed)))
+    out = tmp_path / "soup.pt"
+    assert main([*map(str, paths), "--out", str(out), "--shared", str(need_shared()), "--limit", "96"]) == 0
+    model, ck = load_checkpoint(out, with_extra=True)
+    a, b = (load_checkpoint(p).state_dict() for p in paths)
+    w = "features.0.weight"
+    assert torch.allclose(model.state_dict()[w], (a[w] + b[w]) / 2) and not torch.allclose(a[w], b[w])
+    assert torch.allclose(torch.as_tensor(ck["centers"]), torch.full((7, 4), 1.5))
+    assert ck["soup_of"] == [str(p) for p in paths]
+    # the first BN layer's running mean is the mean of the first conv's output over those 96 faces
+    fer = D.load_fer2013(need_shared("data", "fer2013.npz"))
+    faces = fer.subset(np.flatnonzero(fer.split == 0)[:96]).faces48()
+    with torch.no_grad():
+        y = model.features[0](torch.from_numpy(normalize(faces)))
+    assert torch.allclose(model.features[1].running_mean, y.mean((0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(model.features[1].running_mean, (a["features.1.running_mean"] + b["features.1.running_mean"]) / 2)
+    other = tmp_path / "wide.pt"
+    save_checkpoint(other, build({**cfg, "width": 0.5}))
+    with pytest.raises(ValueError, match="only like checkpoints average"):
+        main([str(paths[0]), str(other), "--out", str(tmp_path / "x.pt"), "--no-recal"])
