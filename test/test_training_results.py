@@ -2,6 +2,7 @@
 the result.json files, CV runs cut short are averaged over the folds that finished and marked."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,29 @@ def test_sweep_groups_runs_by_setting(tmp_path):
     assert first["mean"] == pytest.approx(85.0) and first["sd"] == pytest.approx(5.0)
     assert (second["center_lambda"], second["mean"]) == (0.1, 50.0)
     assert res["command"].startswith("python -m training.results sweep")
+
+
+def test_candidates_table_applies_the_shipping_rule_to_committed_comparisons(tmp_path, capsys):
+    """`training.results candidates` reads `training.compare` files. Run 15 is ahead as a single view
+    and at the loose box but behind with 2 views: it fails. Run 13 against run 11 ties at the 2-view
+    box loss (3.15 both): the rule asks for less, so it fails until that loss is a hair smaller."""
+    from training import results as R
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    r15 = json.loads((docs / "compare_run13_run15.json").read_text())
+    c = R.candidate(r15)
+    assert c["b"]["1"]["clean"] > c["a"]["1"]["clean"] and c["b"]["2"]["clean"] < c["a"]["2"]["clean"]
+    assert c["a"]["1"]["box_loss"] == pytest.approx(r15["views"]["1"][R.CLEAN]["a"] - r15["views"]["1"][R.BOX]["a"])
+    assert not c["passes"]
+    r13 = json.loads((docs / "compare_run11_run13.json").read_text())
+    c = R.candidate(r13)
+    assert c["a"]["2"]["box_loss"] == c["b"]["2"]["box_loss"] and not c["passes"]
+    r13["views"]["2"][R.BOX]["b"] += 0.01
+    assert R.candidate(r13)["passes"]
+    (tmp_path / "r13.json").write_text(json.dumps(r13))
+    assert R.main(["candidates", str(docs / "compare_run13_run15.json"), str(tmp_path / "r13.json"),
+                   "--names", "run 15", "run 13"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].startswith("| shipped (") and "| 67.79 | 69.49 | 2.12 / 3.15 |" in rows[2]
+    assert rows[3].startswith("| run 15 | 68.12 | 69.18 |") and rows[3].endswith("| no |")
+    assert rows[4].startswith("| shipped (") and "| 66.56 | 68.04 |" in rows[4]  # another shipped model: its own row
+    assert rows[5].startswith("| run 13 | 67.79 | 69.49 | 2.12 / 3.14 |") and rows[5].endswith("| **yes** |")

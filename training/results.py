@@ -6,6 +6,8 @@
     python -m training.results paper --fer fer_ros/models/model_card.json --ck6 runs/s2/ck6_seed{0,1,2,3} \
         --jaffe runs/s2/jaffe_seed{0,1,2,3} --ck6-subject ... --jaffe-subject ... \
         --jaffe-to-ck6 runs/s2/x_jaffe_ck6_seed{0,1,2,3} --ck6-to-jaffe ... --out docs/results/paper_tables.json
+    # stage-1 candidates against the shipped model (files of `training.compare --views 1 2 --json`)
+    python -m training.results candidates docs/results/compare_run13_run1*.json [--names ...]
 
 Paper numbers (Miao et al., ACM TOMM 2019) are the ones quoted in the project's issue; "—"
 where the reproduction has no paper figure to set beside it.
@@ -225,6 +227,43 @@ def sweep(runs: list[Path], keys: list[str]) -> dict:
     return {"keys": keys, "settings": rows}
 
 
+CLEAN, BOX, SHIFT = "PublicTest", "PublicTest, box 1.25x", "PublicTest, shift y +-8%"
+
+
+def candidate(compare_json: dict) -> dict:
+    """One `training.compare --views 1 2` result -> for model a (shipped) and b (candidate): clean
+    accuracy and what the 1.25x box and the +-8% vertical shift cost, with 1 and 2 views; and
+    whether b passes the shipping rule: ahead clean with 1 and with 2 views, and losing less at
+    the 1.25x box with 1 and with 2 views."""
+    v = compare_json["views"]
+    out = {}
+    for m in ("a", "b"):
+        out[m] = {n: {"clean": v[n][CLEAN][m], "box_loss": round(v[n][CLEAN][m] - v[n][BOX][m], 2),
+                      "shift_loss": round(v[n][CLEAN][m] - v[n][SHIFT][m], 2)} for n in ("1", "2")}
+    out["passes"] = all(out["b"][n]["clean"] > out["a"][n]["clean"] and out["b"][n]["box_loss"] < out["a"][n]["box_loss"]
+                        for n in ("1", "2"))
+    return out
+
+
+def candidates_table(files: list[Path], names: list[str]) -> str:
+    """Markdown: the shipped model's row, then one row per candidate with the rule's verdict."""
+    def row(label, r, verdict):
+        one, two = r["1"], r["2"]
+        return (f"| {label} | {one['clean']:.2f} | {two['clean']:.2f} | {one['box_loss']:.2f} / {two['box_loss']:.2f} "
+                f"| {one['shift_loss']:.2f} / {two['shift_loss']:.2f} | {verdict} |")
+    lines = ["| model | 1 view | 2 views | box 1.25x costs (1 / 2 views) | shift y ±8% costs (1 / 2 views) "
+             "| passes the shipping rule |", "|---|---|---|---|---|---|"]
+    shipped = None
+    for f, name in zip(files, names):
+        d = json.loads(Path(f).read_text())
+        c = candidate(d)
+        if d["a"] != shipped:
+            shipped = d["a"]
+            lines.append(row(f"shipped ({shipped})", c["a"], "—"))
+        lines.append(row(name, c["b"], "**yes**" if c["passes"] else "no"))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     try:
         return _main(argv)
@@ -248,6 +287,17 @@ def _main(argv=None) -> int:
         for row in res["settings"]:
             setting = ", ".join(f"{k}={row[k]}" for k in a.keys)
             print(f"{setting}: {row['mean']:.2f} ± {row['sd']:.2f} ({row['n_runs']} runs)")
+        return 0
+    if argv[:1] == ["candidates"]:
+        ap = argparse.ArgumentParser(prog="python -m training.results candidates",
+                                     description="stage-1 candidates against the shipped model, from training.compare files")
+        ap.add_argument("files", nargs="+", help="JSON files of `training.compare --views 1 2 --json`")
+        ap.add_argument("--names", nargs="+", default=None, help="a label per file (default: the candidate's path)")
+        a = ap.parse_args(argv[1:])
+        names = a.names or [json.loads(Path(f).read_text())["b"] for f in a.files]
+        if len(names) != len(a.files):
+            raise ValueError(f"{len(names)} names for {len(a.files)} files")
+        print(candidates_table([Path(f) for f in a.files], names))
         return 0
     if argv[:1] == ["paper"]:
         ap = argparse.ArgumentParser(prog="python -m training.results paper",
