@@ -273,7 +273,8 @@ def test_soup_averages_like_checkpoints_and_recomputes_bn_on_real_faces(tmp_path
     for seed in (1, 2):
         torch.manual_seed(seed)
         paths.append(tmp_path / f"m{seed}.pt")
-        save_checkpoint(paths[-1], build(cfg), centers=torch.full((7, 4), float(seed)))
+        save_checkpoint(paths[-1], build(cfg), centers=torch.full((7, 4), float(seed)),
+                        train_config={"select": "last", "seed": seed})
     out = tmp_path / "soup.pt"
     assert main([*map(str, paths), "--out", str(out), "--shared", str(need_shared()), "--limit", "96"]) == 0
     model, ck = load_checkpoint(out, with_extra=True)
@@ -282,6 +283,7 @@ def test_soup_averages_like_checkpoints_and_recomputes_bn_on_real_faces(tmp_path
     assert torch.allclose(model.state_dict()[w], (a[w] + b[w]) / 2) and not torch.allclose(a[w], b[w])
     assert torch.allclose(torch.as_tensor(ck["centers"]), torch.full((7, 4), 1.5))
     assert ck["soup_of"] == [str(p) for p in paths]
+    assert ck["soup_select"] == ["last", "last"] and ck["train_config"]["seed"] == 2  # the card's recipe: the last one
     # the first BN layer's running mean is the mean of the first conv's output over those 96 faces
     fer = D.load_fer2013(need_shared("data", "fer2013.npz"))
     faces = fer.subset(np.flatnonzero(fer.split == 0)[:96]).faces48()

@@ -71,6 +71,14 @@ def main(argv=None) -> int:
     m, md_ = by_tta["none"], by_tta["flip+crops"]
     cfg = ck.get("train_config", {})
     last = cfg.get("select") == "last"  # the last epoch of a fixed schedule: PublicTest chose nothing
+    members = ck.get("soup_of")  # training.soup: cfg is the last member's recipe
+    if members:
+        last = ck.get("soup_select") == ["last"] * len(members)
+        how = (f"the uniform average of {len(members)} checkpoints (python -m training.soup), BatchNorm statistics from "
+               f"{ck.get('bn_recalibrated_on')}; " + ("each the last epoch of its run (PublicTest chose nothing)" if last
+                                                      else "not every member the last epoch of a fixed schedule"))
+    else:
+        how = "the last epoch is shipped (PublicTest chose nothing)" if last else "model selected on PublicTest (3,589)"
     date = a.trained_on or dt.datetime.fromtimestamp(Path(a.checkpoint).stat().st_mtime, dt.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC")
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
@@ -83,9 +91,7 @@ def main(argv=None) -> int:
         "training": {"command": a.command, "seed": cfg.get("seed"), "config": cfg, "device": a.device,
                      "trained_on": date, "epochs_run": (ck.get("epoch", -1) + 1) if "epoch" in ck else None,
                      "train_seconds": a.train_seconds,
-                     "data": "FER-2013 Training split (28,709 images) from shared/data/fer2013.npz; "
-                             + ("the last epoch is shipped (PublicTest chose nothing)" if last
-                                else "model selected on PublicTest (3,589)")},
+                     "data": "FER-2013 Training split (28,709 images) from shared/data/fer2013.npz; " + how},
         "scores": {"fer2013_publictest": {k: m[k] for k in ("n", "accuracy", "macro_precision", "macro_recall",
                                                               "macro_f1")},
                    "per_class_recall": {c: m["per_class"][c]["recall"] for c in LABELS},
@@ -116,6 +122,8 @@ def main(argv=None) -> int:
         "- output `logits`: float32 [N,7] (angry, disgust, fear, happy, sad, surprise, neutral); softmax gives probabilities", "",
         "## How it was made",
         f"- command: `{t['command']}`",
+        *([f"- a soup: the uniform average of {', '.join(f'`{p}`' for p in members)}; the lines below give the last"
+           " one's recipe"] if members else []),
         f"- seed: {t['seed']}; device: {t['device']}; trained: {t['trained_on']}"
         + (f"; training wall time {a.train_seconds:.0f} s" if a.train_seconds else ""),
         f"- data: {t['data']}",

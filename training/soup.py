@@ -22,11 +22,12 @@ from training.weights import WeightAverage
 
 
 def soup(paths, recal_faces48: np.ndarray | None):
-    """-> (model in eval mode, labels, averaged centres or None). All members must share the
-    network config and the class list; `recal_faces48` None keeps the averaged BN statistics."""
+    """-> (model in eval mode, labels, averaged centres or None, {"train_config": the last member's,
+    "soup_select": each member's epoch selection}). All members must share the network config and
+    the class list; `recal_faces48` None keeps the averaged BN statistics."""
     if len(paths) < 2:
         raise ValueError("a soup needs at least two checkpoints")
-    avg, first, centers = WeightAverage(), None, []
+    avg, first, centers, cfg, select = WeightAverage(), None, [], {}, []
     for path in paths:
         model, ck = load_checkpoint(path, with_extra=True)
         if first is None:
@@ -34,6 +35,8 @@ def soup(paths, recal_faces48: np.ndarray | None):
         elif ck["config"] != first[1] or list(ck["labels"]) != first[2]:
             raise ValueError(f"{path}: another network or class list than {paths[0]}; only like checkpoints average")
         avg.add(model)
+        cfg = ck.get("train_config") or {}  # the last member's recipe, for the model card
+        select.append(cfg.get("select"))
         c = ck.get("centers")
         centers.append(None if c is None else torch.as_tensor(c).float())
     model, _, labels = first
@@ -42,7 +45,7 @@ def soup(paths, recal_faces48: np.ndarray | None):
         recalibrate_bn(model, recal_faces48, torch.device("cpu"))
     model.eval()
     mean_centers = None if any(c is None for c in centers) else torch.stack(centers).mean(0)
-    return model, labels, mean_centers
+    return model, labels, mean_centers, {"train_config": cfg, "soup_select": select}
 
 
 def main(argv=None) -> int:
@@ -58,8 +61,8 @@ def main(argv=None) -> int:
         fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
         idx = np.flatnonzero(fer.split == 0)
         faces = fer.subset(idx[:a.limit] if a.limit else idx).faces48()
-    model, labels, centers = soup(a.checkpoint, faces)
-    extra = {"soup_of": [str(Path(p)) for p in a.checkpoint],
+    model, labels, centers, recipe = soup(a.checkpoint, faces)
+    extra = {**recipe,"soup_of": [str(Path(p)) for p in a.checkpoint],
              "bn_recalibrated_on": None if faces is None else f"{len(faces)} FER-2013 Training faces"}
     if centers is not None:
         extra["centers"] = centers
