@@ -136,7 +136,7 @@ def test_candidates_table_applies_the_shipping_rule_to_committed_comparisons(tmp
     assert R.main(["candidates", str(docs / "compare_run13_run15.json"), str(tmp_path / "r13.json"),
                    "--names", "run 15", "run 13"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[2].startswith("| shipped (") and "| 67.79 | 69.49 | 2.12 / 3.15 |" in rows[2]
+    assert rows[2].startswith("| shipped (") and "| 67.79 | 69.49 | +1.70 | 2.12 / 3.15 |" in rows[2]
     assert rows[3].startswith("| run 15 | 68.12 | 69.18 |") and rows[3].endswith("| no |")
     assert rows[4].startswith("| shipped (") and "| 66.56 | 68.04 |" in rows[4]  # another shipped model: its own row
-    assert rows[5].startswith("| run 13 | 67.79 | 69.49 | 2.12 / 3.14 |") and rows[5].endswith("| **yes** |")
+    assert rows[5].startswith("| run 13 | 67.79 | 69.49 | +1.70 | 2.12 / 3.14 |") and rows[5].endswith("| **yes** |")

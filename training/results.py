@@ -249,10 +249,11 @@ def candidates_table(files: list[Path], names: list[str]) -> str:
     """Markdown: the shipped model's row, then one row per candidate with the rule's verdict."""
     def row(label, r, verdict):
         one, two = r["1"], r["2"]
-        return (f"| {label} | {one['clean']:.2f} | {two['clean']:.2f} | {one['box_loss']:.2f} / {two['box_loss']:.2f} "
+        return (f"| {label} | {one['clean']:.2f} | {two['clean']:.2f} | {two['clean'] - one['clean']:+.2f} "
+                f"| {one['box_loss']:.2f} / {two['box_loss']:.2f} "
                 f"| {one['shift_loss']:.2f} / {two['shift_loss']:.2f} | {verdict} |")
-    lines = ["| model | 1 view | 2 views | box 1.25x costs (1 / 2 views) | shift y ±8% costs (1 / 2 views) "
-             "| passes the shipping rule |", "|---|---|---|---|---|---|"]
+    lines = ["| model | 1 view | 2 views | the mirror adds | box 1.25x costs (1 / 2 views) "
+             "| shift y ±8% costs (1 / 2 views) | passes the shipping rule |", "|---|---|---|---|---|---|---|"]
     shipped = None
     for f, name in zip(files, names):
         d = json.loads(Path(f).read_text())
