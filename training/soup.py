@@ -10,6 +10,7 @@ Nothing is chosen on test data: the members and their weights (uniform) are the 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,11 @@ def main(argv=None) -> int:
         fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
         idx = np.flatnonzero(fer.split == 0)
         faces = fer.subset(idx[:a.limit] if a.limit else idx).faces48()
-    model, labels, centers, recipe = soup(a.checkpoint, faces)
+    try:
+        model, labels, centers, recipe = soup(a.checkpoint, faces)
+    except (ValueError, OSError) as e:  # unlike or unreadable checkpoints: say which, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     extra = {**recipe,"soup_of": [str(Path(p)) for p in a.checkpoint],
              "bn_recalibrated_on": None if faces is None else f"{len(faces)} FER-2013 Training faces"}
     if centers is not None:
