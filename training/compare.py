@@ -26,6 +26,7 @@ import numpy as np
 
 from training import data as D
 from training.report import provenance
+from training.results import BOX, CLEAN, SHIFT  # the test names training.results.candidate reads
 from training.robustness import add_options, classifier, eval_sets, jaffe_predictions, predictions, reframe
 
 
@@ -47,9 +48,9 @@ def paired(y: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> dict:
 
 def tests(faces: np.ndarray, y: np.ndarray):
     """(name, faces, labels) of the PublicTest conditions; a +-shift pools both directions."""
-    yield "PublicTest", faces, y
-    yield "PublicTest, box 1.25x", reframe(faces, 1.25), y
-    yield "PublicTest, shift y +-8%", np.concatenate([reframe(faces, 1, 0, 0.08), reframe(faces, 1, 0, -0.08)]), \
+    yield CLEAN, faces, y
+    yield BOX, reframe(faces, 1.25), y
+    yield SHIFT, np.concatenate([reframe(faces, 1, 0, 0.08), reframe(faces, 1, 0, -0.08)]), \
         np.concatenate([y, y])
 
 

@@ -245,8 +245,9 @@ def candidate(compare_json: dict) -> dict:
     return out
 
 
-def candidates_table(files: list[Path], names: list[str]) -> str:
-    """Markdown: the shipped model's row, then one row per candidate with the rule's verdict."""
+def candidates_table(files: list[Path], names: list[str] | None = None) -> str:
+    """Markdown: the shipped model's row, then one row per candidate with the rule's verdict
+    (`names`: a label per file; default the candidate's path)."""
     def row(label, r, verdict):
         one, two = r["1"], r["2"]
         return (f"| {label} | {one['clean']:.2f} | {two['clean']:.2f} | {two['clean'] - one['clean']:+.2f} "
@@ -255,8 +256,9 @@ def candidates_table(files: list[Path], names: list[str]) -> str:
     lines = ["| model | 1 view | 2 views | the mirror adds | box 1.25x costs (1 / 2 views) "
              "| shift y ±8% costs (1 / 2 views) | passes the shipping rule |", "|---|---|---|---|---|---|---|"]
     shipped = None
-    for f, name in zip(files, names):
+    for i, f in enumerate(files):
         d = json.loads(Path(f).read_text())
+        name = names[i] if names else d["b"]
         c = candidate(d)
         if d["a"] != shipped:
             shipped = d["a"]
@@ -295,10 +297,9 @@ def _main(argv=None) -> int:
         ap.add_argument("files", nargs="+", help="JSON files of `training.compare --views 1 2 --json`")
         ap.add_argument("--names", nargs="+", default=None, help="a label per file (default: the candidate's path)")
         a = ap.parse_args(argv[1:])
-        names = a.names or [json.loads(Path(f).read_text())["b"] for f in a.files]
-        if len(names) != len(a.files):
-            raise ValueError(f"{len(names)} names for {len(a.files)} files")
-        print(candidates_table([Path(f) for f in a.files], names))
+        if a.names and len(a.names) != len(a.files):
+            raise ValueError(f"{len(a.names)} names for {len(a.files)} files")
+        print(candidates_table([Path(f) for f in a.files], a.names))
         return 0
     if argv[:1] == ["paper"]:
         ap = argparse.ArgumentParser(prog="python -m training.results paper",

@@ -70,10 +70,10 @@ def main(argv=None) -> int:
     robust = robustness.run(onnx_path, D.shared_path(a.shared), views=(1, 2))
     m, md_ = by_tta["none"], by_tta["flip+crops"]
     cfg = ck.get("train_config", {})
-    last = cfg.get("select") == "last"  # the last epoch of a fixed schedule: PublicTest chose nothing
     members = ck.get("soup_of")  # training.soup: cfg is the last member's recipe
+    # the last epoch of a fixed schedule (every member's, for a soup): PublicTest chose nothing
+    last = ck.get("soup_select") == ["last"] * len(members) if members else cfg.get("select") == "last"
     if members:
-        last = ck.get("soup_select") == ["last"] * len(members)
         how = (f"the uniform average of {len(members)} checkpoints (python -m training.soup), BatchNorm statistics from "
                f"{ck.get('bn_recalibrated_on')}; " + ("each the last epoch of its run (PublicTest chose nothing)" if last
                                                       else "not every member the last epoch of a fixed schedule"))
