@@ -295,3 +295,30 @@ def test_soup_averages_like_checkpoints_and_recomputes_bn_on_real_faces(tmp_path
     save_checkpoint(other, build({**cfg, "width": 0.5}))
     assert main([str(paths[0]), str(other), "--out", str(tmp_path / "x.pt"), "--no-recal"]) == 2
     assert "only like checkpoints average" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_teacher_files_combine_as_members_and_bad_ones_are_refused(tmp_path, capsys):
+    """`training.distill`: a saved teacher counts as one member, so the mean of two saved teachers
+    is the teacher of both checkpoints; a file of the wrong shape or with objects is refused first."""
+    from fer_ros.perception.mobilenet import build
+    from training.distill import main
+    from training.model import save_checkpoint
+    torch.set_num_threads(2)
+    cfg = {"arch": "mobilenet_v1", "width": 0.25, "num_classes": 7, "in_channels": 1, "dropout": 0.5}
+    ck = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        ck.append(str(tmp_path / f"m{seed}.pt"))
+        save_checkpoint(ck[-1], build(cfg))
+    common = ["--shared", str(need_shared()), "--limit", "64", "--no-crops"]
+    for name, members in (("a", ck[:1]), ("b", ck[1:]), ("ab", ck)):
+        assert main([*members, "--out", str(tmp_path / f"{name}.npy"), *common]) == 0
+    assert main([str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--out", str(tmp_path / "c.npy"), *common]) == 0
+    a, b, ab, c = (np.load(tmp_path / f"{n}.npy") for n in ("a", "b", "ab", "c"))
+    assert ab.shape == (64, 7) and not np.allclose(a, b)
+    np.testing.assert_allclose(c, ab, atol=1e-5)
+    np.save(tmp_path / "short.npy", ab[:10])
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}] * 64, dtype=object))
+    for bad in ("short.npy", "objects.npy"):
+        assert main([ck[0], str(tmp_path / bad), "--out", str(tmp_path / "x.npy"), *common]) == 2
+        assert "error:" in capsys.readouterr().err and not (tmp_path / "x.npy").exists()
