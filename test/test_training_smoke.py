@@ -284,6 +284,11 @@ def test_soup_averages_like_checkpoints_and_recomputes_bn_on_real_faces(tmp_path
     assert torch.allclose(torch.as_tensor(ck["centers"]), torch.full((7, 4), 1.5))
     assert ck["soup_of"] == [str(p) for p in paths]
     assert ck["soup_select"] == ["last", "last"] and ck["train_config"]["seed"] == 2  # the card's recipe: the last one
+    from training.ship import how_chosen  # the model card's sentence for this soup, and for its members
+    assert how_chosen(ck) == ("the uniform average of 2 checkpoints (python -m training.soup), BatchNorm statistics "
+                              "from 96 FER-2013 Training faces; each the last epoch of its run (PublicTest chose nothing)")
+    assert how_chosen({**ck, "soup_select": ["last", "best"]}).endswith("not every member the last epoch of a fixed schedule")
+    assert how_chosen({"train_config": {"select": "best"}}) == "model selected on PublicTest (3,589)"
     # the first BN layer's running mean is the mean of the first conv's output over those 96 faces
     fer = D.load_fer2013(need_shared("data", "fer2013.npz"))
     faces = fer.subset(np.flatnonzero(fer.split == 0)[:96]).faces48()

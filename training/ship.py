@@ -34,6 +34,19 @@ TTA_VIEWS = {name: tta_view_count(crops=crops, flip=flip) for name, (flip, crops
 TTA_NOTE = {"flip": " (classifier default)", "flip+crops": " (config/therapy.yaml)"}
 
 
+def how_chosen(ck: dict) -> str:
+    """The card's sentence on how the shipped weights were chosen: the last epoch of a fixed
+    schedule (every member's, for a soup) means PublicTest chose nothing."""
+    cfg = ck.get("train_config", {})
+    members = ck.get("soup_of")  # training.soup
+    last = ck.get("soup_select") == ["last"] * len(members) if members else cfg.get("select") == "last"
+    if members:
+        return (f"the uniform average of {len(members)} checkpoints (python -m training.soup), BatchNorm statistics "
+                f"from {ck.get('bn_recalibrated_on')}; " + ("each the last epoch of its run (PublicTest chose nothing)"
+                                                            if last else "not every member the last epoch of a fixed schedule"))
+    return "the last epoch is shipped (PublicTest chose nothing)" if last else "model selected on PublicTest (3,589)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -71,14 +84,6 @@ def main(argv=None) -> int:
     m, md_ = by_tta["none"], by_tta["flip+crops"]
     cfg = ck.get("train_config", {})
     members = ck.get("soup_of")  # training.soup: cfg is the last member's recipe
-    # the last epoch of a fixed schedule (every member's, for a soup): PublicTest chose nothing
-    last = ck.get("soup_select") == ["last"] * len(members) if members else cfg.get("select") == "last"
-    if members:
-        how = (f"the uniform average of {len(members)} checkpoints (python -m training.soup), BatchNorm statistics from "
-               f"{ck.get('bn_recalibrated_on')}; " + ("each the last epoch of its run (PublicTest chose nothing)" if last
-                                                      else "not every member the last epoch of a fixed schedule"))
-    else:
-        how = "the last epoch is shipped (PublicTest chose nothing)" if last else "model selected on PublicTest (3,589)"
     date = a.trained_on or dt.datetime.fromtimestamp(Path(a.checkpoint).stat().st_mtime, dt.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC")
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
         "training": {"command": a.command, "seed": cfg.get("seed"), "config": cfg, "device": a.device,
                      "trained_on": date, "epochs_run": (ck.get("epoch", -1) + 1) if "epoch" in ck else None,
                      "train_seconds": a.train_seconds,
-                     "data": "FER-2013 Training split (28,709 images) from shared/data/fer2013.npz; " + how},
+                     "data": "FER-2013 Training split (28,709 images) from shared/data/fer2013.npz; " + how_chosen(ck)},
         "scores": {"fer2013_publictest": {k: m[k] for k in ("n", "accuracy", "macro_precision", "macro_recall",
                                                               "macro_f1")},
                    "per_class_recall": {c: m["per_class"][c]["recall"] for c in LABELS},
