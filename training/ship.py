@@ -34,12 +34,16 @@ TTA_VIEWS = {name: tta_view_count(crops=crops, flip=flip) for name, (flip, crops
 TTA_NOTE = {"flip": " (classifier default)", "flip+crops": " (config/therapy.yaml)"}
 
 
-def how_chosen(ck: dict) -> str:
-    """The card's sentence on how the shipped weights were chosen: the last epoch of a fixed
-    schedule (every member's, for a soup) means PublicTest chose nothing."""
-    cfg = ck.get("train_config", {})
+def last_epoch_only(ck: dict) -> bool:
+    """The last epoch of a fixed schedule (every member's, for a soup): PublicTest chose nothing."""
     members = ck.get("soup_of")  # training.soup
-    last = ck.get("soup_select") == ["last"] * len(members) if members else cfg.get("select") == "last"
+    return (ck.get("soup_select") == ["last"] * len(members) if members
+            else ck.get("train_config", {}).get("select") == "last")
+
+
+def how_chosen(ck: dict) -> str:
+    """The card's sentence on how the shipped weights were chosen."""
+    members, last = ck.get("soup_of"), last_epoch_only(ck)
     if members:
         return (f"the uniform average of {len(members)} checkpoints (python -m training.soup), BatchNorm statistics "
                 f"from {ck.get('bn_recalibrated_on')}; " + ("each the last epoch of its run (PublicTest chose nothing)"
@@ -84,6 +88,7 @@ def main(argv=None) -> int:
     m, md_ = by_tta["none"], by_tta["flip+crops"]
     cfg = ck.get("train_config", {})
     members = ck.get("soup_of")  # training.soup: cfg is the last member's recipe
+    last = last_epoch_only(ck)
     date = a.trained_on or dt.datetime.fromtimestamp(Path(a.checkpoint).stat().st_mtime, dt.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC")
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
