@@ -30,6 +30,20 @@ def test_fer2013_csv_layout_round_trip(fer, tmp_path):
     (tmp_path / "bad.csv").write_text("emotion,pixels\n0,1 2 3\n")
     with pytest.raises(ValueError, match="Usage"):
         D.load_fer2013(tmp_path / "bad.csv")
+    public = D.load_fer2013(tmp_path / "fer2013.csv", "PublicTest")  # one split, from the csv too
+    assert np.array_equal(public.images, small.images[small.split == 1]) and set(public.split) == {1}
+
+
+def test_one_fer2013_split_keeps_file_order(fer):
+    """Teacher rows and `--limit` assume a split comes in file order: the one-split loader (which
+    decodes only that split) gives the same faces, labels and order as filtering the whole set."""
+    for name, k in (("Training", 0), ("PublicTest", 1)):
+        part = D.fer2013(name, need_shared())
+        whole = fer.subset(np.flatnonzero(fer.split == k))
+        assert np.array_equal(part.images, whole.images) and np.array_equal(part.labels, whole.labels)
+        assert set(part.split) == {k}
+    with pytest.raises(ValueError, match="no FER-2013 split 'Validation'"):
+        D.fer2013("Validation", need_shared())
 
 
 def test_jaffe_detected_faces_and_counts():

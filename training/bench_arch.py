@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.export import export_onnx
 from training.model import MobileNetV1

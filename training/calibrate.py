@@ -130,8 +130,7 @@ def real_images(shared: Path):
 def calibrate(shared: Path, detectors: dict, n: int = 2000) -> dict:
     shared = Path(shared)
     lm = Landmarks(shared / "models" / "face_detection_yunet_2026may.onnx")
-    fer = D.load_fer2013(shared / "data" / "fer2013.npz")
-    faces = fer.images[np.flatnonzero(fer.split == 0)[:n]]  # Training faces: no test data involved
+    faces = D.fer2013("Training", shared).images[:n]  # no test data involved
     p = (CANVAS - FACE) / 2
     # 1. template: landmarks in FER-frame units, median over the canvas faces YuNet finds
     pts = []

@@ -59,6 +59,10 @@ class FaceSet:
         return FaceSet(self.images[idx], self.labels[idx], self.class_names, pick(self.subject),
                        pick(self.split), pick(self.group), dict(self.info))
 
+    def head(self, n: int) -> "FaceSet":
+        """The first `n` samples, all of them when n <= 0 (smoke runs' `--limit`)."""
+        return self if n <= 0 else self.subset(np.arange(min(n, len(self))))
+
     def counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=len(self.class_names)).tolist()
 
@@ -83,16 +87,26 @@ class FaceSet:
 # ---------------------------------------------------------------- FER-2013
 
 
-def load_fer2013(path) -> FaceSet:
+def load_fer2013(path, split: str | None = None) -> FaceSet:
     """FER-2013 from the shared npz (JPEG bytes + offsets) or the original `fer2013.csv`
-    (columns emotion, pixels, Usage). split: 0 Training, 1 PublicTest, 2 PrivateTest."""
+    (columns emotion, pixels, Usage). `split` ("Training", "PublicTest", "PrivateTest") keeps one
+    split in file order, which teacher files and `--limit` rely on; the npz decodes only it.
+    FaceSet.split: 0 Training, 1 PublicTest, 2 PrivateTest."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FER-2013 not found at {path}")
+    if split is not None and split not in FER_SPLITS:
+        raise ValueError(f"no FER-2013 split {split!r}; there are {', '.join(FER_SPLITS)}")
     if path.suffix == ".csv":
-        return _load_fer_csv(path)
-    images, labels, split = read_npz(path)  # the package's one FER-2013 decoder
-    return FaceSet(images, labels.astype(np.int64), LABELS, split=split.astype(np.int64), info={"source": str(path)})
+        fs = _load_fer_csv(path)
+        return fs if split is None else fs.subset(np.flatnonzero(fs.split == FER_SPLITS.index(split)))
+    images, labels, splits = read_npz(path, split)  # the package's one FER-2013 decoder
+    return FaceSet(images, labels.astype(np.int64), LABELS, split=splits.astype(np.int64), info={"source": str(path)})
+
+
+def fer2013(split: str | None = None, shared=None) -> FaceSet:
+    """FER-2013 (whole, or one split) from the shared folder (see shared_path)."""
+    return load_fer2013(shared_path(shared) / "data" / "fer2013.npz", split)
 
 
 def _load_fer_csv(path: Path) -> FaceSet:

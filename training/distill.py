@@ -45,14 +45,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=None)
     ap.add_argument("--limit", type=int, default=0, help="only the first N training faces (smoke runs)")
     a = ap.parse_args(argv)
-    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
-    rows = np.flatnonzero(fer.split == 0)
-    train = fer.subset(rows[:a.limit] if a.limit > 0 else rows)
+    full = D.fer2013("Training", a.shared)
+    train = full.head(a.limit)
     saved = {}
     try:  # saved teachers are checked first, before minutes of inference
         for path in a.checkpoint:
             if path.endswith(".npy"):
-                saved[path] = _saved_teacher(path, len(rows), len(train), len(train.class_names))
+                saved[path] = _saved_teacher(path, len(full), len(train), len(train.class_names))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ import torch
 from fer_ros.perception.classifier import softmax
 from fer_ros.perception.preprocess import tta_view_count
 from training import data as D
-from training.report import metrics, plot_confusion, plot_curves, write_json
+from training.report import metrics, plot_confusion, write_json
 from training.report import provenance as report_provenance
 from training.evaluate import evaluate, pick_device, predict_logits
 from training.train import TrainConfig, train_model

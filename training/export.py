@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     model = load_checkpoint(a.checkpoint)
     export_onnx(model, a.output)
-    fer = data.load_fer2013(data.shared_path(a.shared) / "data" / "fer2013.npz")
-    faces = fer.images[fer.split == 1][: a.n]
+    faces = data.fer2013("PublicTest", a.shared).images[: a.n]
     diff = compare(model, a.output, normalize(faces))
     one = compare(model, a.output, normalize(faces[:1]))
     print(f"exported {a.output}; max abs logit difference vs PyTorch on {len(faces)} real PublicTest faces: "

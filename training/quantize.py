@@ -83,17 +83,15 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=None, help="shared data folder (default $FER_SHARED or ../shared)")
     args = ap.parse_args(argv)
 
-    fer = D.load_fer2013(D.shared_path(args.shared) / "data" / "fer2013.npz")
-    train = np.flatnonzero(fer.split == 0)
-    test = np.flatnonzero(fer.split == 1)
-    calib = np.random.default_rng(args.seed).choice(train, args.calib, replace=False)
+    train, test = (D.fer2013(s, args.shared) for s in ("Training", "PublicTest"))
+    calib = np.random.default_rng(args.seed).choice(len(train), args.calib, replace=False)
     out = args.model.with_name(args.model.stem + "_int8.onnx")
-    quantize_int8(args.model, out, fer.images[calib])
+    quantize_int8(args.model, out, train.images[calib])
 
     def clf(path, flip=False, crops=False):
         return ExpressionClassifier(path, backend="onnxruntime", int8=False, flip_average=flip, crop_average=crops)
 
-    faces, labels = fer.images[test], fer.labels[test]
+    faces, labels = test.images, test.labels
     fp32_acc, fp32_pred = accuracy(clf(args.model), faces, labels)
     int8_acc, int8_pred = accuracy(clf(out), faces, labels)
     int8_flip_acc, _ = accuracy(clf(out, flip=True), faces, labels)

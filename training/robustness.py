@@ -141,8 +141,7 @@ def media(clf, shared: Path, detector: str = "default") -> dict:
 def eval_sets(shared: Path, limit: int = 0, detector: str = "default"):
     """PublicTest's faces and labels (only the first `limit` if set) and, without a limit, JAFFE through
     `detector` (jaffe_faces) with that detector's calibrated framing; (faces, y, None, None) with one."""
-    fer = D.load_fer2013(shared / "data" / "fer2013.npz")
-    test = fer.subset(np.flatnonzero(fer.split == 1))
+    test = D.fer2013("PublicTest", shared)
     faces, y = test.faces48(), test.labels
     if limit:
         return faces[:limit], y[:limit], None, None

@@ -69,8 +69,7 @@ def main(argv=None) -> int:
     model, ck = load_checkpoint(a.checkpoint, with_extra=True)
     out = Path(a.out)
     onnx_path = export_onnx(model, out / "fer_mobilenet_v1.onnx")
-    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
-    test = fer.subset(np.flatnonzero(fer.split == 1))
+    test = D.fer2013("PublicTest", a.shared)
     x = normalize(test.images)
     diff = compare(model, onnx_path, x)
 

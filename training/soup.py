@@ -59,9 +59,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     faces = None
     if not a.no_recal:
-        fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
-        idx = np.flatnonzero(fer.split == 0)
-        faces = fer.subset(idx[:a.limit] if a.limit else idx).faces48()
+        faces = D.fer2013("Training", a.shared).head(a.limit).faces48()
     try:
         model, labels, centers, recipe = soup(a.checkpoint, faces)
     except (ValueError, OSError) as e:  # unlike or unreadable checkpoints: say which, no traceback

@@ -446,13 +446,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(a, k) for k in asdict(TrainConfig()) if k != "shared" and hasattr(a, k)},
                       shared=a.shared)
-    fer = D.load_fer2013(a.data or D.shared_path(a.shared) / "data" / "fer2013.npz")
-    train = fer.subset(np.flatnonzero(fer.split == 0))
-    val = fer.subset(np.flatnonzero(fer.split == 1))
-    if a.limit:
-        train = train.subset(np.arange(min(a.limit, len(train))))
-    if a.val_limit:
-        val = val.subset(np.arange(min(a.val_limit, len(val))))
+    path = a.data or D.shared_path(a.shared) / "data" / "fer2013.npz"
+    train, val = (D.load_fer2013(path, s) for s in ("Training", "PublicTest"))
+    train, val = train.head(a.limit), val.head(a.val_limit)
     if cfg.select not in ("best", "last"):
         ap.error(f"--select must be best or last, got {cfg.select!r}")
     _, res = train_model(train, val, cfg, out=a.out, resume=a.resume, quiet=a.quiet, select=cfg.select == "best",

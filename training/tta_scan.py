@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from fer_ros.perception.preprocess import tta_view_count
@@ -29,8 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.85, 0.9, 0.95])
     ap.add_argument("--shared", default=None)
     a = ap.parse_args(argv)
-    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
-    test = fer.subset(np.flatnonzero(fer.split == 1))
+    test = D.fer2013("PublicTest", a.shared)
     faces, y = test.faces48(), test.labels
     # view indices in tta_views order: the face and its crops (c views), then their mirror images
     c = tta_view_count(crops=True, flip=False)

@@ -14,7 +14,6 @@ largest logit difference between the ONNX model and the checkpoint on PublicTest
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,7 +54,7 @@ def unfold(path, faces48: np.ndarray, width: float = 0.75) -> MobileNetV1:
     for (conv, bn), (w, b) in zip(pairs, convs):
         if tuple(conv.weight.shape) != w.shape:
             raise ValueError(f"{path}: convolution {tuple(w.shape)} does not fit {tuple(conv.weight.shape)}")
-        conv.weight.copy_(torch.from_numpy(w))
+        conv.weight.copy_(torch.as_tensor(np.array(w)))  # onnx arrays are read-only
         # identity BatchNorm plus the folded bias, so the statistics below are those of W x
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0 - bn.eps)
@@ -85,11 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="FER-2013 Training faces for the statistics")
     ap.add_argument("--shared", default=None)
     a = ap.parse_args(argv)
-    fer = D.load_fer2013(D.shared_path(a.shared) / "data" / "fer2013.npz")
-    rng = np.random.default_rng(0)
-    train = fer.images[rng.choice(np.flatnonzero(fer.split == 0), a.n, replace=False)]
+    train = D.fer2013("Training", a.shared).images
+    train = train[np.random.default_rng(0).choice(len(train), a.n, replace=False)]
     model = unfold(a.onnx, train, a.width)
-    test = fer.images[fer.split == 1]
+    test = D.fer2013("PublicTest", a.shared).images
     import onnxruntime as ort
     sess = ort.InferenceSession(a.onnx, providers=["CPUExecutionProvider"])
     x = normalize(test)
