@@ -298,7 +298,7 @@ class BagReader:
         msgdef = getattr(conn.msgdef, "data", "") or ""
         if msgdef:
             try:
-                from rosbags.typesys import get_types_from_idl, get_types_from_msg
+                from rosbags.typesys import get_types_from_idl
 
                 is_idl = msgdef.startswith("=" * 80 + "\nIDL: ")
                 types = get_types_from_idl(msgdef) if is_idl else _types_from_concatenated_msg(msgdef, conn.msgtype)

@@ -4,7 +4,6 @@ real-time replay shares with it (rclpy.init once, raw subscriptions written at r
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import threading
 import time

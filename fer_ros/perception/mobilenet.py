@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pickle
 import re
-from pathlib import Path
 
 import torch
 import torch.nn as nn

@@ -13,7 +13,6 @@ request waiting for a service reply never blocks the callbacks that deliver it.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as _dt
 import re
 import secrets
@@ -21,7 +20,6 @@ import sys
 import threading
 import time
 
-import rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
