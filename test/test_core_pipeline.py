@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import frames, make_onnx_model, need_shared, read, scene_cut
+from conftest import frames, make_onnx_model, read, scene_cut
 from fer_ros import LABELS
 from fer_ros.perception.classifier import ExpressionClassifier
 from fer_ros.perception.pipeline import ExpressionPipeline, FaceResult

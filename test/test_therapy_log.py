@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fer_ros.therapy import log as session_log
-from fer_ros.therapy.log import SessionLog, read_events, write_reports
+from fer_ros.therapy.log import SessionLog, read_events
 
 REPO = Path(__file__).resolve().parents[1]
 
