@@ -140,3 +140,20 @@ def test_candidates_table_applies_the_shipping_rule_to_committed_comparisons(tmp
     assert rows[3].startswith("| run 15 | 68.12 | 69.18 |") and rows[3].endswith("| no |")
     assert rows[4].startswith("| shipped (") and "| 66.56 | 68.04 |" in rows[4]  # another shipped model: its own row
     assert rows[5].startswith("| run 13 | 67.79 | 69.49 | +1.70 | 2.12 / 3.14 |") and rows[5].endswith("| **yes** |")
+
+
+def test_the_candidates_table_in_the_results_page_is_what_its_command_prints():
+    """docs/results.md shows the command beside its stage-1 candidates table: running that command
+    on the committed comparisons must print the table as the page has it, header included."""
+    import re
+    import shlex
+    from training import results as R
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "results.md").read_text()
+    cmd = re.search(r"`python -m training\.results\s+candidates\s+([^`]+)`", page)
+    assert cmd, "docs/results.md no longer names the candidates command"
+    args = shlex.split(cmd.group(1))
+    files = args[:args.index("--names")]
+    names = args[args.index("--names") + 1:]
+    table = R.candidates_table([root / f for f in files], names)
+    assert table.replace(str(root) + "/", "") in page
