@@ -31,7 +31,7 @@ def onnx_weights(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray,
     from onnx import numpy_helper
 
     m = onnx.load(str(path))
-    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    init = {i.name: np.array(numpy_helper.to_array(i)) for i in m.graph.initializer}  # writable copies: torch warns on read-only arrays
     convs = [(init[n.input[1]], init[n.input[2]]) for n in m.graph.node if n.op_type == "Conv"]
     return convs, init["classifier.weight"], init["classifier.bias"]
 
@@ -54,7 +54,7 @@ def unfold(path, faces48: np.ndarray, width: float = 0.75) -> MobileNetV1:
     for (conv, bn), (w, b) in zip(pairs, convs):
         if tuple(conv.weight.shape) != w.shape:
             raise ValueError(f"{path}: convolution {tuple(w.shape)} does not fit {tuple(conv.weight.shape)}")
-        conv.weight.copy_(torch.as_tensor(np.array(w)))  # onnx arrays are read-only
+        conv.weight.copy_(torch.from_numpy(w))
         # identity BatchNorm plus the folded bias, so the statistics below are those of W x
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0 - bn.eps)
