@@ -31,7 +31,8 @@ def onnx_weights(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray,
     from onnx import numpy_helper
 
     m = onnx.load(str(path))
-    init = {i.name: np.array(numpy_helper.to_array(i)) for i in m.graph.initializer}  # writable copies: torch warns on read-only arrays
+    # writable copies: torch warns on the read-only arrays onnx returns
+    init = {i.name: np.array(numpy_helper.to_array(i)) for i in m.graph.initializer}
     convs = [(init[n.input[1]], init[n.input[2]]) for n in m.graph.node if n.op_type == "Conv"]
     return convs, init["classifier.weight"], init["classifier.bias"]
 
