@@ -24,12 +24,13 @@ from training.model import load_checkpoint
 from training.evaluate import predict_logits
 
 
-def _saved_teacher(path: str, total: int, rows: int, classes: int) -> np.ndarray:
-    """A teacher file's first `rows` logits, checked against the training set they must describe
-    (all `total` faces, or the same `--limit`)."""
+def load_teacher(path, rows: int, classes: int, total: int | None = None) -> np.ndarray:
+    """A teacher file's first `rows` logits (float32), checked against the training faces they
+    describe: `rows` of them, or all `total` faces (a teacher of the whole set read by `--limit`)."""
     logits = np.load(path, allow_pickle=False)  # never unpickle: a teacher file is numbers only
-    if logits.ndim != 2 or logits.shape[0] not in (total, rows) or logits.shape[1] != classes:
-        raise ValueError(f"{path}: teacher logits {logits.shape}, need ({total}, {classes})")
+    need = total or rows
+    if logits.ndim != 2 or logits.shape[0] not in (need, rows) or logits.shape[1] != classes:
+        raise ValueError(f"{path}: teacher logits {logits.shape}, need ({need}, {classes})")
     logits = logits[:rows].astype(np.float32)
     if not np.isfinite(logits).all():
         raise ValueError(f"{path}: teacher logits are not all finite")
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     try:  # saved teachers are checked first, before minutes of inference
         for path in a.checkpoint:
             if path.endswith(".npy"):
-                saved[path] = _saved_teacher(path, len(full), len(train), len(train.class_names))
+                saved[path] = load_teacher(path, len(train), len(train.class_names), total=len(full))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

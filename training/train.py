@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from fer_ros import LABELS
 from training import data as D
+from training.distill import load_teacher
 from training.evaluate import evaluate, pick_device, predict_logits, recalibrate_bn
 from training.losses import CenterLoss, classification_loss
 from training.model import MobileNetV1, build, default_imagenet_path, load_imagenet, save_checkpoint
@@ -333,10 +334,7 @@ def train_model(train: D.FaceSet, val: D.FaceSet | None, cfg: TrainConfig, out=N
     nxt = pool.submit(_epoch_data, train, cfg, start) if start < cfg.epochs else None
     labels_all = torch.from_numpy(train.labels).to(device)
     if cfg.distill and cfg.distill != "init":
-        teacher = np.load(cfg.distill, allow_pickle=False)
-        if teacher.shape != (len(train), len(class_names)):
-            raise ValueError(f"{cfg.distill}: teacher logits {teacher.shape}, need ({len(train)}, {len(class_names)})")
-        teacher_all = torch.from_numpy(teacher.astype(np.float32)).to(device)
+        teacher_all = torch.from_numpy(load_teacher(cfg.distill, len(train), len(class_names))).to(device)
     losses = _Losses(cfg, closs, teacher_all, anchor)
     train_faces48 = train.faces48() if (cfg.bn_recal or swa or init_state is not None) else None
     t_start = time.time()
