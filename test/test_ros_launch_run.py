@@ -278,7 +278,8 @@ def _check_the_running_set(ros, launched):
 
     tracked = collect(ros, IdsList, "/humans/faces/tracked", 20.0, until=lambda m: len(m) >= 5 and m[-1].ids)
     ids = {i for m in tracked for i in m.ids}
-    assert tracked and ids and all(re.fullmatch(r"f[1-9][0-9]*", i) for i in ids), ids
+    assert tracked and ids and all(re.fullmatch(r"f[1-9][0-9]*", i) for i in ids), \
+        f"ids {ids} in {len(tracked)} /humans/faces/tracked messages in 20 s\n{stall_report(ros, launched)}"
     face = next(m.ids[0] for m in reversed(tracked) if m.ids)
     expressions = collect(ros, Expression, f"/humans/faces/{face}/expression", 20.0, until=len)
     assert expressions and expressions[-1].expression in {
