@@ -326,6 +326,25 @@ def test_ros2_lifecycle_set_deactivates_the_expression_node(ros, launched):
         stall_report(ros, launched)
 
 
+def status_lost_by_launch(out: str) -> dict[str, int]:
+    """{node: pid} whose exit status launch lost to CPython gh-87744 (fixed in 3.13): launch
+    forwards the Ctrl-C with Popen.send_signal, which polls first and so can reap a node that has
+    already stopped on the terminal's SIGINT; asyncio's child watcher then finds no child, logs
+    "Unknown child process pid P" and reports exit code 255. Only that exact pair counts."""
+    unknown = set(re.findall(r"Unknown child process pid (\d+), will report returncode 255", out))
+    died = re.findall(r"\[ERROR\] \[(\w+)-\d+\]: process has died \[pid (\d+), exit code 255\b", out)
+    return {name: int(pid) for name, pid in died if pid in unknown}
+
+
+def test_status_lost_by_launch_counts_only_the_pair_asyncio_and_launch_log():
+    # Lines as a CI run printed them (7 Dec), plus a node that really died with code 255.
+    out = ("[INFO] [camera_node-1]: sending signal 'SIGINT' to process[camera_node-1]\n"
+           "Unknown child process pid 25330, will report returncode 255\n"
+           "[ERROR] [camera_node-1]: process has died [pid 25330, exit code 255, cmd '/x/camera_node'].\n"
+           "[ERROR] [therapy_node-3]: process has died [pid 25334, exit code 255, cmd '/x/therapy_node'].\n")
+    assert status_lost_by_launch(out) == {"camera_node": 25330}
+
+
 @need_ros2_launch
 def test_ctrl_c_stops_every_node_of_ros2_launch_cleanly(launched):
     """Each node gets SIGINT twice (from the terminal and from launch): all exit with code 0."""
@@ -336,10 +355,16 @@ def test_ctrl_c_stops_every_node_of_ros2_launch_cleanly(launched):
     assert rc == 0, out[-6000:]
     started = set(re.findall(r"\[INFO\] \[(\w+)-\d+\]: process started", out))
     assert {"camera_node", "expression_node", "therapy_node", "hri_bridge"} <= started, started
+    lost = status_lost_by_launch(out)
     for name in started:
+        if name in lost:  # CPython gh-87744: its exit code is unknowable; it must have ended
+            assert not Path(f"/proc/{lost[name]}").exists(), f"{name} still running:\n{out[-6000:]}"
+            warnings.warn(f"{name}'s exit status was read by launch's own send_signal (CPython gh-87744)")
+            continue
         assert re.search(rf"\[INFO\] \[{name}-\d+\]: process has finished cleanly", out), \
             f"{name}:\n{out[-6000:]}\nbefore Ctrl-C:\n{before}"
-    assert "Traceback" not in out and "process has died" not in out, out[-6000:]
+    assert "Traceback" not in out, out[-6000:]
+    assert len(re.findall("process has died", out)) == len(lost), out[-6000:]
     if "Timeout (0:00:" in out:  # a node's teardown hit its bound (fer_ros.ros.teardown): say where
         warnings.warn(f"a node's teardown was cut short:\n{out[-6000:]}")
 
