@@ -7,8 +7,9 @@ also be a teacher file this command saved (`.npy`): it counts as one member, so 
     python -m training.distill runs/s1_ema/best.pt [more.pt|teacher.npy ...] --out runs/teacher_s1_ema.npy [--no-crops]
     python -m training.train --out runs/s1_kd --init runs/s1_ema/best.pt --distill runs/teacher_s1_ema.npy ...
 
-The rows follow the training set's order as `training.train` loads it (FER-2013 split 0), so
-`--limit N` runs use the first N rows.
+The rows follow the training set's order as `training.train` loads it (FER-2013 split 0). A
+`training.train --limit N` smoke run needs a teacher made with the same `--limit N`: train takes
+exactly one row per training face.
 """
 
 from __future__ import annotations
