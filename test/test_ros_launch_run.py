@@ -388,3 +388,6 @@ def test_ctrl_c_stops_every_node_of_fer_ros_launch_cleanly(tmp_path):
     for name in ("camera_node", "expression_node", "therapy_node"):
         assert f"fer-ros launch: {name} exited with code 0" in out, out[-6000:]
     assert "Traceback" not in out, out[-6000:]
+    # The session was running: its log's place is the therapy node's last words, on the console
+    # alone, since /rosout went with the context (params.stop_logger).
+    assert "session ended; log in" in out and "Failed to publish log message to rosout" not in out, out[-6000:]

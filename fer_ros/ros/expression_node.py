@@ -25,7 +25,6 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
@@ -37,7 +36,7 @@ from fer_ros.perception.settings import SETTINGS, build_pipeline
 from .dds import QuietReader
 from .image import image_msg_to_bgr, bgr_to_image_msg
 from .params import (AutostartLifecycleNode, Param, declare_params, key_values, publish_diagnostics_every,
-                     qos_from_params, qos_params, recent_rate, run_node)
+                     qos_from_params, qos_params, recent_rate, run_node, stop_logger)
 
 PARAMS = [
     Param("image_topic", "camera/image_raw", "Image topic to read (sensor_msgs/Image; bgr8, rgb8, mono8, "
@@ -363,9 +362,7 @@ class ExpressionNode(AutostartLifecycleNode):
         self._stop_processing()
         with self._lock:  # what this run did, in one line: the first thing to read when no label came out
             s = dict(self.stats)
-        # After Ctrl-C the context is gone and /rosout with it: the console alone then.
-        logger = self.get_logger() if self.context.ok() else rclpy.logging.get_logger(self.get_logger().name + ".stop")
-        logger.info(
+        stop_logger(self).info(
             f"stopping: {s['received']} image(s) received, {s['processed']} processed, {s['dropped']} dropped "
             f"(busy), {s['lost']} lost in transport, {s['malformed']} malformed, {s['errors']} failed, "
             f"{s['resubscribed']} resubscription(s)")

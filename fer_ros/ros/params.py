@@ -239,6 +239,15 @@ def _interrupt_once(seen: list):
     return handler
 
 
+def stop_logger(node):
+    """The logger for a node's last words in destroy_node(): its own while the context is up; after
+    Ctrl-C, one of the same name + ".stop" that writes to the console only, because /rosout is gone
+    with the context (the node's own logger would add "Failed to publish log message to rosout")."""
+    import rclpy.logging
+
+    return node.get_logger() if node.context.ok() else rclpy.logging.get_logger(node.get_logger().name + ".stop")
+
+
 def publish_diagnostics_every(node, period: float, make_status) -> None:
     """Publish `make_status()` (a DiagnosticStatus) on /diagnostics every `period` seconds."""
     from diagnostic_msgs.msg import DiagnosticArray

@@ -26,7 +26,7 @@ from std_srvs.srv import Trigger
 
 from fer_ros import LABELS
 from fer_ros.msg import FaceExpressionArray, TherapyState
-from fer_ros.ros.params import Param, declare_params, qos_from_params, qos_params, run_node
+from fer_ros.ros.params import Param, declare_params, qos_from_params, qos_params, run_node, stop_logger
 from fer_ros.therapy.log import SessionLog, write_reports
 from fer_ros.therapy.config import DEFAULT_PHRASES, PLACEHOLDERS, VERBS, TherapyConfig, clip_text
 from fer_ros.therapy.observations import Face, Observation
@@ -305,7 +305,7 @@ class TherapyNode(Node):
                 else:  # Ctrl-C already shut ROS down: nothing can be published any more
                     self.session.drain()
                     if running:
-                        self.get_logger().info(f"session ended; log in {self.session.reports.get('events')}")
+                        stop_logger(self).info(f"session ended; log in {self.session.reports.get('events')}")
             except Exception as exc:  # context already shut down: the events file is complete anyway
                 print(f"therapy_node: closing the session: {exc}", file=sys.stderr)
         return super().destroy_node()
